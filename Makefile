@@ -1,0 +1,23 @@
+.PHONY: build run test fuzz bench lint
+
+build:
+	go build -o bin/bridge ./cmd/bridge
+
+run:
+	go run ./cmd/bridge
+
+test:
+	./scripts/ensure-redis.sh && go test -race -count=1 -timeout 9m ./...
+
+fuzz:
+	./scripts/fuzz.sh
+
+bench:
+	go run ./cmd/bridge-bench
+
+lint:
+	@unformatted=$$(gofmt -l .); \
+	if [ -n "$$unformatted" ]; then \
+		echo "gofmt needed:"; echo "$$unformatted"; exit 1; \
+	fi
+	go vet ./...

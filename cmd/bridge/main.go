@@ -1,0 +1,132 @@
+// Command bridge turns Redis into push delivery over HTTP. Configuration comes from
+// BRIDGE_* environment variables (see README.md).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/bridge-dev/bridge/api"
+	"github.com/bridge-dev/bridge/internal/broker"
+	"github.com/bridge-dev/bridge/internal/config"
+	"github.com/bridge-dev/bridge/internal/delivery"
+	httpapi "github.com/bridge-dev/bridge/internal/http"
+	"github.com/bridge-dev/bridge/internal/netguard"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := run(ctx, os.Environ())
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bridge:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, environ []string) error {
+	cfg, err := config.Load(environ)
+	if err != nil {
+		return err
+	}
+	allow, err := netguard.ParseCIDRs(cfg.TargetAllowCIDRs)
+	if err != nil {
+		return fmt.Errorf("BRIDGE_TARGET_ALLOW_CIDRS: %w", err)
+	}
+	log, err := newLogger(cfg)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+
+	conn, err := broker.Connect(broker.ConnOptions{
+		URL: cfg.RedisURL, Username: cfg.RedisUsername, Password: cfg.RedisPassword,
+		PasswordFile: cfg.RedisPasswordFile, TLSCA: cfg.RedisTLSCA, TLSCert: cfg.RedisTLSCert,
+		TLSKey: cfg.RedisTLSKey, SentinelMaster: cfg.RedisSentinelMaster,
+	}, log)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if conn.Embedded {
+		log.Warn("NO BRIDGE_REDIS_URL: running on an EMBEDDED in-memory Redis-compatible server. " +
+			"Nothing is durable: every message and subscription is lost when this process exits. " +
+			"Set BRIDGE_REDIS_URL for real use.")
+	} else {
+		log.Info("redis", zap.String("addr", conn.Addr))
+	}
+	b := broker.New(conn.Client)
+	guard := netguard.New(allow)
+
+	engine := delivery.New(b, delivery.Options{
+		Client: delivery.NewHTTPClient(guard.Control),
+		Logger: log.Named("delivery"),
+	})
+	handler := httpapi.NewHandler(b, engine, httpapi.Options{
+		Token:    cfg.Token,
+		MaxBody:  int64(cfg.MaxBody),
+		Guard:    guard,
+		IsDenied: func(err error) bool { return errors.Is(err, netguard.ErrDenied) },
+		OpenAPI:  api.OpenAPI,
+		Logger:   log.Named("http"),
+	})
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("BRIDGE_LISTEN: %w", err)
+	}
+	srv := httpapi.NewServer(cfg.Listen, handler, log)
+	if cfg.Token == "" {
+		log.Warn("no BRIDGE_TOKEN: the API is open to anyone who can reach " + ln.Addr().String())
+	}
+	engine.Start()
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	log.Info("bridge listening", zap.String("addr", ln.Addr().String()))
+
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", zap.Duration("grace", cfg.ShutdownGrace))
+	case err := <-serveErr:
+		log.Error("http server failed", zap.Error(err))
+	}
+
+	// Order matters: stop taking requests, stop reading Redis and let in-flight pushes
+	// finish and settle, and only then close the Redis client (deferred above).
+	graceCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(graceCtx); err != nil {
+		log.Warn("http shutdown incomplete", zap.Error(err))
+	}
+	if err := engine.Shutdown(graceCtx); err != nil {
+		log.Warn("grace period over; unfinished pushes stay pending and will be reclaimed", zap.Error(err))
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func newLogger(cfg *config.Config) (*zap.Logger, error) {
+	level, err := cfg.ZapLevel()
+	if err != nil {
+		return nil, err
+	}
+	var zc zap.Config
+	if cfg.LogFormat == "console" {
+		zc = zap.NewDevelopmentConfig()
+	} else {
+		zc = zap.NewProductionConfig()
+		zc.EncoderConfig.TimeKey = "time"
+		zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	}
+	zc.Level = zap.NewAtomicLevelAt(level)
+	zc.Sampling = nil
+	zc.DisableStacktrace = level > zapcore.DebugLevel
+	return zc.Build()
+}
+

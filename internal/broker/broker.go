@@ -1,0 +1,88 @@
+// Package broker speaks Redis for the bridge: the stream layout shared with
+// ruststream-fred, consumer groups, the durable per-subscription retry set, the
+// dead-letter streams and the subscription registry. Everything goes through one
+// rueidis client, so concurrent callers are pipelined automatically.
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/bridge-dev/bridge/internal/core"
+	"github.com/redis/rueidis"
+)
+
+// Broker is safe for concurrent use.
+type Broker struct {
+	c rueidis.Client
+}
+
+// New returns a broker over c. The caller owns c and closes it after the broker's last use.
+func New(c rueidis.Client) *Broker { return &Broker{c: c} }
+
+// Client is the underlying client, for callers that need a raw command (tests, readiness).
+func (b *Broker) Client() rueidis.Client { return b.c }
+
+// Ping checks that Redis answers.
+func (b *Broker) Ping(ctx context.Context) error {
+	return classify(b.c.Do(ctx, b.c.B().Ping().Build()).Error())
+}
+
+// Key layout. The subject is the stream key itself (ruststream-fred interop). Every other
+// key of a subject carries "{subject}" as its hash tag; a key without braces hashes as a
+// whole, so "orders" and "bridge:{orders}:…" share a cluster slot and scripts touching
+// both stay legal on Redis Cluster. Subjects cannot contain braces.
+const subscriptionsKey = "bridge:subscriptions"
+
+func groupName(sub string) string { return "bridge:" + sub }
+
+func retryKey(subject, sub string) string     { return "bridge:{" + subject + "}:retry:" + sub }
+func retryDataKey(subject, sub string) string { return "bridge:{" + subject + "}:retry-data:" + sub }
+func retryCountKey(subject, sub string) string {
+	return "bridge:{" + subject + "}:retry-count:" + sub
+}
+func dlqKey(subject, sub string) string { return "bridge:{" + subject + "}:dlq:" + sub }
+
+// Stream fields of ruststream-fred's layout.
+const (
+	payloadField = "_payload"
+	headerPrefix = "h:"
+)
+
+// classify maps Redis and transport failures onto the sentinel errors the HTTP layer and
+// the engine branch on. Redis reports these conditions only through the error code word at
+// the start of the reply (WRONGTYPE, OOM, READONLY…); rueidis has no helper for them.
+func classify(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, core.ErrUnavailable) || errors.Is(err, core.ErrWrongType) {
+		return err
+	}
+	if re, ok := rueidis.IsRedisErr(err); ok {
+		if re.IsNil() {
+			return err
+		}
+		code, _, _ := strings.Cut(re.Error(), " ")
+		switch {
+		case code == "WRONGTYPE":
+			return fmt.Errorf("%w: %v", core.ErrWrongType, err)
+		case code == "OOM", code == "READONLY", code == "MASTERDOWN", code == "NOREPLICAS",
+			code == "BUSY", re.IsLoading(), re.IsClusterDown(), re.IsTryAgain():
+			return fmt.Errorf("%w: %v", core.ErrUnavailable, err)
+		}
+		return err
+	}
+	if errors.Is(err, context.Canceled) {
+		return err
+	}
+	// Anything that is not a Redis reply is a connection problem or a deadline.
+	return fmt.Errorf("%w: %v", core.ErrUnavailable, err)
+}
+
+func isNoGroup(err error) bool {
+	re, ok := rueidis.IsRedisErr(err)
+	return ok && strings.HasPrefix(re.Error(), "NOGROUP")
+}

@@ -1,0 +1,377 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/bridge-dev/bridge/internal/core"
+	"github.com/redis/rueidis"
+)
+
+// Publish appends a message to the subject's stream in ruststream-fred's layout and
+// returns its message id once Redis has confirmed the write. Header names are stored
+// lower-case.
+func (b *Broker) Publish(ctx context.Context, subject string, body []byte, headers map[string]string) (string, error) {
+	args := make([]string, 0, 3+2*len(headers))
+	args = append(args, "*", payloadField, rueidis.BinaryString(body))
+	for k, v := range headers {
+		args = append(args, headerPrefix+strings.ToLower(k), v)
+	}
+	id, err := b.c.Do(ctx, b.c.B().Arbitrary("XADD").Keys(subject).Args(args...).Build()).ToString()
+	if err != nil {
+		return "", fmt.Errorf("xadd %s: %w", subject, classify(err))
+	}
+	return core.MessageID(subject, id), nil
+}
+
+// EnsureGroup creates the subscription's consumer group on its subject (and the stream,
+// if missing) at start: "new" ($), "beginning" (0) or an entry id. An existing group keeps
+// its cursor; created reports whether this call made it.
+func (b *Broker) EnsureGroup(ctx context.Context, subject, sub, start string) (created bool, err error) {
+	id := "$"
+	switch start {
+	case "", "new":
+	case "beginning":
+		id = "0"
+	default:
+		id = start
+	}
+	err = b.c.Do(ctx, b.c.B().XgroupCreate().Key(subject).Group(groupName(sub)).Id(id).Mkstream().Build()).Error()
+	if rueidis.IsRedisBusyGroup(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("xgroup create %s %s: %w", subject, groupName(sub), classify(err))
+	}
+	return true, nil
+}
+
+// DestroyGroup removes the subscription's group and its retry and dead-letter keys.
+func (b *Broker) DestroyGroup(ctx context.Context, subject, sub string) error {
+	cmds := rueidis.Commands{
+		b.c.B().Del().Key(retryKey(subject, sub), retryDataKey(subject, sub), retryCountKey(subject, sub), dlqKey(subject, sub)).Build(),
+	}
+	if err := b.c.Do(ctx, cmds[0]).Error(); err != nil {
+		return fmt.Errorf("delete keys of %s: %w", sub, classify(err))
+	}
+	err := b.c.Do(ctx, b.c.B().XgroupDestroy().Key(subject).Group(groupName(sub)).Build()).Error()
+	if err != nil && !isNoGroup(err) && !isNoKey(err) {
+		return fmt.Errorf("xgroup destroy %s: %w", sub, classify(err))
+	}
+	return nil
+}
+
+func isNoKey(err error) bool {
+	re, ok := rueidis.IsRedisErr(err)
+	// XGROUP DESTROY on a missing key answers "ERR The XGROUP subcommand requires the key to exist".
+	return ok && strings.Contains(re.Error(), "requires the key to exist")
+}
+
+// Read hands out up to count new entries of the subscription's group to consumer,
+// blocking up to block when there are none. A group that vanished (the stream was deleted
+// or flushed) is recreated from the beginning of whatever stream now exists, and
+// recreated reports it so the caller can alert.
+func (b *Broker) Read(ctx context.Context, s *core.Subscription, consumer string, count int, block time.Duration) (msgs []core.Message, recreated bool, err error) {
+	cmd := b.c.B().Xreadgroup().Group(groupName(s.Name), consumer).Count(int64(count)).
+		Block(block.Milliseconds()).Streams().Key(s.Subject).Id(">").Build()
+	res, err := b.c.Do(ctx, cmd).AsXRead()
+	if rueidis.IsRedisNil(err) {
+		return nil, false, nil
+	}
+	if isNoGroup(err) {
+		if _, cerr := b.EnsureGroup(ctx, s.Subject, s.Name, "beginning"); cerr != nil {
+			return nil, false, cerr
+		}
+		return nil, true, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("xreadgroup %s: %w", s.Subject, classify(err))
+	}
+	entries := res[s.Subject]
+	msgs = make([]core.Message, 0, len(entries))
+	for _, e := range entries {
+		m := DecodeEntry(s.Subject, e)
+		m.Deliveries = 1
+		msgs = append(msgs, m)
+	}
+	return msgs, false, nil
+}
+
+// DecodeEntry turns a stream entry into a message. Entries in ruststream-fred's layout give
+// their payload and h: headers; any other entry is delivered as a JSON object of its fields.
+func DecodeEntry(subject string, e rueidis.XRangeEntry) core.Message {
+	m := core.Message{ID: core.MessageID(subject, e.ID), Subject: subject, EntryID: e.ID, Origin: core.FromStream}
+	payload, ok := e.FieldValues[payloadField]
+	if !ok {
+		m.Body, _ = json.Marshal(e.FieldValues) // map[string]string cannot fail to marshal
+		m.Headers = map[string]string{core.HeaderContentType: "application/json"}
+		return m
+	}
+	m.Body = []byte(payload)
+	m.Headers = make(map[string]string, len(e.FieldValues)-1)
+	for k, v := range e.FieldValues {
+		if name, ok := strings.CutPrefix(k, headerPrefix); ok && name != "" {
+			m.Headers[strings.ToLower(name)] = v
+		}
+	}
+	return m
+}
+
+// Ack acknowledges stream entries of the subscription in one command.
+func (b *Broker) Ack(ctx context.Context, subject, sub string, entryIDs ...string) error {
+	if len(entryIDs) == 0 {
+		return nil
+	}
+	err := b.c.Do(ctx, b.c.B().Xack().Key(subject).Group(groupName(sub)).Id(entryIDs...).Build()).Error()
+	if err != nil {
+		return fmt.Errorf("xack %s: %w", subject, classify(err))
+	}
+	return nil
+}
+
+// retryRecord is how a message waits in a subscription's retry set. The delivery count
+// lives beside it in a hash so the claim script can bump it without decoding JSON.
+type retryRecord struct {
+	ID      string            `json:"i"`
+	Body    []byte            `json:"b"`
+	Headers map[string]string `json:"h,omitempty"`
+}
+
+// The retry set of a subscription is a ZSET scored by due time (ms) plus two hashes keyed
+// by message id: the record and the deliveries made so far. Claiming a due member moves
+// its score to now+lease, so a process that dies holding it lets it come due again after
+// the lease (the visibility timeout) instead of losing it.
+var (
+	// KEYS: zset, data, counts, stream. ARGV: id, dueMs, record ("" keeps the stored one), deliveries, group, entryID ("" when not from the stream).
+	retryScript = rueidis.NewLuaScript(`
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], ARGV[1], ARGV[3]) end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+if ARGV[6] ~= '' then redis.call('XACK', KEYS[4], ARGV[5], ARGV[6]) end
+return 1`)
+	// KEYS: zset, data, counts. ARGV: nowMs, leaseUntilMs, limit. Returns id, record, deliveries triples.
+	claimScript = rueidis.NewLuaScript(`
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, id in ipairs(ids) do
+  local rec = redis.call('HGET', KEYS[2], id)
+  if rec then
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    local n = redis.call('HINCRBY', KEYS[3], id, 1)
+    out[#out+1] = id
+    out[#out+1] = rec
+    out[#out+1] = tostring(n)
+  else
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('HDEL', KEYS[3], id)
+  end
+end
+return out`)
+	// KEYS: zset, data, counts. ARGV: ids.
+	ackRetryScript = rueidis.NewLuaScript(`
+for _, id in ipairs(ARGV) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+  redis.call('HDEL', KEYS[3], id)
+end
+return #ARGV`)
+	// KEYS: dlq, stream, zset, data, counts. ARGV: group, entryID ("" when from the retry set), id, then field/value pairs.
+	deadLetterScript = rueidis.NewLuaScript(`
+redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+if ARGV[2] ~= '' then
+  redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+else
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  redis.call('HDEL', KEYS[4], ARGV[3])
+  redis.call('HDEL', KEYS[5], ARGV[3])
+end
+return 1`)
+	// KEYS: dlq, zset, data, counts. ARGV: dlqEntryID, id, record, nowMs.
+	replayScript = rueidis.NewLuaScript(`
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[4], ARGV[2], 0)
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
+return 1`)
+)
+
+func (b *Broker) retryKeys(s *core.Subscription) []string {
+	return []string{retryKey(s.Subject, s.Name), retryDataKey(s.Subject, s.Name), retryCountKey(s.Subject, s.Name)}
+}
+
+// Retry schedules m for another delivery to s at due. The copy is written and the original
+// acknowledged in one script, so a crash can neither lose nor duplicate it; the retry is
+// scoped to this subscription and never reaches another group on the same stream.
+func (b *Broker) Retry(ctx context.Context, s *core.Subscription, m *core.Message, due time.Time) error {
+	rec := ""
+	entry := ""
+	if m.Origin == core.FromStream {
+		raw, err := json.Marshal(retryRecord{ID: m.ID, Body: m.Body, Headers: m.Headers})
+		if err != nil {
+			return err
+		}
+		rec, entry = string(raw), m.EntryID
+	}
+	keys := append(b.retryKeys(s), s.Subject)
+	args := []string{m.ID, strconv.FormatInt(due.UnixMilli(), 10), rec, strconv.Itoa(m.Deliveries), groupName(s.Name), entry}
+	if err := retryScript.Exec(ctx, b.c, keys, args).Error(); err != nil {
+		return fmt.Errorf("schedule retry of %s: %w", m.ID, classify(err))
+	}
+	return nil
+}
+
+// ClaimRetries leases up to limit due retries of s to the caller until now+lease.
+func (b *Broker) ClaimRetries(ctx context.Context, s *core.Subscription, now time.Time, lease time.Duration, limit int) ([]core.Message, error) {
+	args := []string{strconv.FormatInt(now.UnixMilli(), 10), strconv.FormatInt(now.Add(lease).UnixMilli(), 10), strconv.Itoa(limit)}
+	vals, err := claimScript.Exec(ctx, b.c, b.retryKeys(s), args).AsStrSlice()
+	if err != nil {
+		return nil, fmt.Errorf("claim retries of %s: %w", s.Name, classify(err))
+	}
+	msgs := make([]core.Message, 0, len(vals)/3)
+	for i := 0; i+2 < len(vals); i += 3 {
+		var rec retryRecord
+		if err := json.Unmarshal([]byte(vals[i+1]), &rec); err != nil {
+			return nil, fmt.Errorf("retry record %s: %w", vals[i], err)
+		}
+		n, _ := strconv.Atoi(vals[i+2])
+		msgs = append(msgs, core.Message{
+			ID: vals[i], Subject: s.Subject, Origin: core.FromRetry,
+			Body: rec.Body, Headers: rec.Headers, Deliveries: n,
+		})
+	}
+	return msgs, nil
+}
+
+// AckRetries removes settled messages from the subscription's retry set.
+func (b *Broker) AckRetries(ctx context.Context, s *core.Subscription, ids ...string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	if err := ackRetryScript.Exec(ctx, b.c, b.retryKeys(s), ids).Error(); err != nil {
+		return fmt.Errorf("ack retries of %s: %w", s.Name, classify(err))
+	}
+	return nil
+}
+
+// DeadLetter copies m into the subscription's own dead-letter stream (ruststream-fred layout
+// plus x-dead-letter-reason and the bridge's own _-fields) and settles the original, in one
+// script.
+func (b *Broker) DeadLetter(ctx context.Context, s *core.Subscription, m *core.Message, info core.DeadLetterInfo) error {
+	entry := ""
+	if m.Origin == core.FromStream {
+		entry = m.EntryID
+	}
+	args := make([]string, 0, 16+2*len(m.Headers))
+	args = append(args, groupName(s.Name), entry, m.ID,
+		payloadField, rueidis.BinaryString(m.Body))
+	for k, v := range m.Headers {
+		if k == core.HeaderDeadLetterReason {
+			continue
+		}
+		args = append(args, headerPrefix+k, v)
+	}
+	args = append(args,
+		headerPrefix+core.HeaderDeadLetterReason, info.Reason,
+		"_id", m.ID,
+		"_status", strconv.Itoa(info.LastStatus),
+		"_error", info.LastError,
+		"_deliveries", strconv.Itoa(m.Deliveries),
+		"_time", strconv.FormatInt(info.At.UnixMilli(), 10),
+	)
+	keys := []string{dlqKey(s.Subject, s.Name), s.Subject, retryKey(s.Subject, s.Name), retryDataKey(s.Subject, s.Name), retryCountKey(s.Subject, s.Name)}
+	if err := deadLetterScript.Exec(ctx, b.c, keys, args).Error(); err != nil {
+		return fmt.Errorf("dead-letter %s: %w", m.ID, classify(err))
+	}
+	return nil
+}
+
+// Reclaim takes over up to limit entries of s that stayed pending longer than minIdle
+// (their consumer died or hung), with their delivery count and how long they sat idle.
+func (b *Broker) Reclaim(ctx context.Context, s *core.Subscription, consumer string, minIdle time.Duration, limit int) (core.Reclaimed, error) {
+	var out core.Reclaimed
+	group := groupName(s.Name)
+	pend, err := b.c.Do(ctx, b.c.B().Xpending().Key(s.Subject).Group(group).Idle(minIdle.Milliseconds()).
+		Start("-").End("+").Count(int64(limit)).Build()).ToArray()
+	if isNoGroup(err) {
+		return out, nil // Read recreates the group
+	}
+	if err != nil {
+		return out, fmt.Errorf("xpending %s: %w", s.Subject, classify(err))
+	}
+	if len(pend) == 0 {
+		return out, nil
+	}
+	type pinfo struct{ idle, count int64 }
+	info := make(map[string]pinfo, len(pend))
+	first := ""
+	for _, p := range pend {
+		row, err := p.ToArray()
+		if err != nil || len(row) < 4 {
+			continue
+		}
+		id, _ := row[0].ToString()
+		idle, _ := row[2].AsInt64()
+		cnt, _ := row[3].AsInt64()
+		info[id] = pinfo{idle, cnt}
+		if first == "" {
+			first = id
+		}
+	}
+	cursor := first
+	// XAUTOCLAIM scans at most COUNT*10 PEL entries per call; loop the cursor, bounded.
+	for range 16 {
+		if len(out.Messages) >= limit || cursor == "0-0" {
+			break
+		}
+		res, err := b.c.Do(ctx, b.c.B().Xautoclaim().Key(s.Subject).Group(group).Consumer(consumer).
+			MinIdleTime(strconv.FormatInt(minIdle.Milliseconds(), 10)).Start(cursor).
+			Count(int64(limit-len(out.Messages))).Build()).ToArray()
+		if err != nil {
+			return out, fmt.Errorf("xautoclaim %s: %w", s.Subject, classify(err))
+		}
+		if len(res) < 2 {
+			break
+		}
+		cursor, _ = res[0].ToString()
+		entries, _ := res[1].ToArray()
+		for _, em := range entries {
+			if em.IsNil() {
+				continue
+			}
+			e, err := em.AsXRangeEntry()
+			if err != nil {
+				continue
+			}
+			if e.FieldValues == nil {
+				// Redis 6.2 returns claimed-but-deleted entries with nil fields.
+				out.Lost = append(out.Lost, e.ID)
+				continue
+			}
+			m := DecodeEntry(s.Subject, e)
+			if pi, ok := info[e.ID]; ok {
+				m.Deliveries = int(pi.count) + 1
+				m.IdleMS = pi.idle
+			} else {
+				m.Deliveries = 2
+				m.IdleMS = minIdle.Milliseconds()
+			}
+			out.Messages = append(out.Messages, m)
+		}
+		if len(res) > 2 {
+			deleted, _ := res[2].AsStrSlice()
+			out.Lost = append(out.Lost, deleted...)
+		}
+	}
+	if len(out.Lost) > 0 {
+		// Redis 7 already dropped deleted ids from the PEL; acking them is harmless and
+		// covers servers that did not.
+		if err := b.Ack(ctx, s.Subject, s.Name, out.Lost...); err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}

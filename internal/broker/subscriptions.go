@@ -1,0 +1,124 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/bridge-dev/bridge/internal/core"
+	"github.com/redis/rueidis"
+)
+
+// Subscriptions live in one hash, name -> JSON, so every bridge process sees the same set.
+// The field "_version" (a name can never start with '_') is bumped by every change, letting
+// processes poll one small value instead of the whole hash.
+const versionField = "_version"
+
+var (
+	// KEYS: hash. ARGV: name, json. Returns 1 when the name existed.
+	putSubScript = rueidis.NewLuaScript(`
+local existed = redis.call('HEXISTS', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[1], '_version', 1)
+return existed`)
+	// KEYS: hash. ARGV: name. Returns 1 when it existed.
+	delSubScript = rueidis.NewLuaScript(`
+local n = redis.call('HDEL', KEYS[1], ARGV[1])
+if n > 0 then redis.call('HINCRBY', KEYS[1], '_version', 1) end
+return n`)
+)
+
+// PutSubscription stores s (secret included) and reports whether it replaced one.
+func (b *Broker) PutSubscription(ctx context.Context, s *core.Subscription) (replaced bool, err error) {
+	raw, err := json.Marshal(s)
+	if err != nil {
+		return false, err
+	}
+	n, err := putSubScript.Exec(ctx, b.c, []string{subscriptionsKey}, []string{s.Name, string(raw)}).AsInt64()
+	if err != nil {
+		return false, fmt.Errorf("store subscription %s: %w", s.Name, classify(err))
+	}
+	return n == 1, nil
+}
+
+// GetSubscription returns the stored subscription (secret included) or core.ErrNotFound.
+func (b *Broker) GetSubscription(ctx context.Context, name string) (*core.Subscription, error) {
+	raw, err := b.c.Do(ctx, b.c.B().Hget().Key(subscriptionsKey).Field(name).Build()).AsBytes()
+	if rueidis.IsRedisNil(err) {
+		return nil, fmt.Errorf("subscription %s: %w", name, core.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read subscription %s: %w", name, classify(err))
+	}
+	var s core.Subscription
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return nil, fmt.Errorf("decode subscription %s: %w", name, err)
+	}
+	return &s, nil
+}
+
+// ListSubscriptions returns every stored subscription and the registry version they belong to.
+func (b *Broker) ListSubscriptions(ctx context.Context) ([]*core.Subscription, int64, error) {
+	all, err := b.c.Do(ctx, b.c.B().Hgetall().Key(subscriptionsKey).Build()).AsStrMap()
+	if err != nil {
+		return nil, 0, fmt.Errorf("list subscriptions: %w", classify(err))
+	}
+	version, _ := strconv.ParseInt(all[versionField], 10, 64)
+	subs := make([]*core.Subscription, 0, len(all))
+	for name, raw := range all {
+		if name == versionField {
+			continue
+		}
+		var s core.Subscription
+		if err := json.Unmarshal([]byte(raw), &s); err != nil {
+			return nil, 0, fmt.Errorf("decode subscription %s: %w", name, err)
+		}
+		subs = append(subs, &s)
+	}
+	return subs, version, nil
+}
+
+// SubscriptionsVersion is bumped by every change of the registry.
+func (b *Broker) SubscriptionsVersion(ctx context.Context) (int64, error) {
+	v, err := b.c.Do(ctx, b.c.B().Hget().Key(subscriptionsKey).Field(versionField).Build()).AsInt64()
+	if rueidis.IsRedisNil(err) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read subscriptions version: %w", classify(err))
+	}
+	return v, nil
+}
+
+// DeleteSubscription removes the subscription record, or returns core.ErrNotFound.
+func (b *Broker) DeleteSubscription(ctx context.Context, name string) error {
+	n, err := delSubScript.Exec(ctx, b.c, []string{subscriptionsKey}, []string{name}).AsInt64()
+	if err != nil {
+		return fmt.Errorf("delete subscription %s: %w", name, classify(err))
+	}
+	if n == 0 {
+		return fmt.Errorf("subscription %s: %w", name, core.ErrNotFound)
+	}
+	return nil
+}
+
+// PauseSubscription marks the subscription paused with a reason, as every process will see
+// at its next registry poll. A missing subscription is not an error: it was deleted meanwhile.
+func (b *Broker) PauseSubscription(ctx context.Context, name, reason string) error {
+	s, err := b.GetSubscription(ctx, name)
+	if errors.Is(err, core.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if s.Paused {
+		return nil
+	}
+	s.Paused, s.PausedReason, s.UpdatedAt = true, reason, time.Now().UTC()
+	_, err = b.PutSubscription(ctx, s)
+	return err
+}

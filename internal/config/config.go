@@ -1,0 +1,156 @@
+// Package config reads the bridge's configuration from BRIDGE_* environment variables.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+	"github.com/dustin/go-humanize"
+	"go.uber.org/zap/zapcore"
+)
+
+// Prefix of every variable.
+const Prefix = "BRIDGE_"
+
+// Defaults (SPEC §7).
+const (
+	DefaultListen        = "127.0.0.1:8080"
+	DefaultMaxBody       = 1 << 20
+	DefaultShutdownGrace = 30 * time.Second
+)
+
+// ByteSize is a size such as "1MiB", "512KB" or "1048576".
+type ByteSize int64
+
+// UnmarshalText parses a human size.
+func (b *ByteSize) UnmarshalText(text []byte) error {
+	n, err := humanize.ParseBytes(string(text))
+	if err != nil {
+		return fmt.Errorf("invalid size %q (examples: 1MiB, 512KiB, 1048576)", text)
+	}
+	if n == 0 || n > 1<<30 {
+		return fmt.Errorf("size %q out of range (1 byte to 1GiB)", text)
+	}
+	*b = ByteSize(n)
+	return nil
+}
+
+// Config is the whole configuration of one bridge process.
+type Config struct {
+	Listen              string        `env:"LISTEN" envDefault:"127.0.0.1:8080"`
+	RedisURL            string        `env:"REDIS_URL"`
+	RedisUsername       string        `env:"REDIS_USERNAME"`
+	RedisPassword       string        `env:"REDIS_PASSWORD"`
+	RedisPasswordFile   string        `env:"REDIS_PASSWORD_FILE"`
+	RedisTLSCA          string        `env:"REDIS_TLS_CA"`
+	RedisTLSCert        string        `env:"REDIS_TLS_CERT"`
+	RedisTLSKey         string        `env:"REDIS_TLS_KEY"`
+	RedisSentinelMaster string        `env:"REDIS_SENTINEL_MASTER"`
+	Token               string        `env:"TOKEN"`
+	Auth                string        `env:"AUTH"`
+	TargetAllowCIDRs    string        `env:"TARGET_ALLOW_CIDRS"`
+	MaxBody             ByteSize      `env:"MAX_BODY" envDefault:"1MiB"`
+	ShutdownGrace       time.Duration `env:"SHUTDOWN_GRACE" envDefault:"30s"`
+	LogLevel            string        `env:"LOG_LEVEL" envDefault:"info"`
+	LogFormat           string        `env:"LOG_FORMAT" envDefault:"json"`
+}
+
+// Load reads the configuration from environ (os.Environ() form) and validates it. Every
+// error names the variable at fault, in one line.
+func Load(environ []string) (*Config, error) {
+	var c Config
+	err := env.ParseWithOptions(&c, env.Options{Prefix: Prefix, Environment: env.ToMap(environ)})
+	if err != nil {
+		return nil, describe(err)
+	}
+	return &c, c.Validate()
+}
+
+// describe turns caarlos0/env's errors, which name struct fields, into one line naming the variable.
+func describe(err error) error {
+	var agg env.AggregateError
+	if !errors.As(err, &agg) || len(agg.Errors) == 0 {
+		return err
+	}
+	var pe env.ParseError
+	if errors.As(agg.Errors[0], &pe) {
+		return fmt.Errorf("%s: %v", varName(pe.Name), pe.Err)
+	}
+	return agg.Errors[0]
+}
+
+func varName(field string) string {
+	f, ok := reflect.TypeOf(Config{}).FieldByName(field)
+	if !ok {
+		return field
+	}
+	return Prefix + f.Tag.Get("env")
+}
+
+// Validate rejects impossible values and combinations.
+func (c *Config) Validate() error {
+	host, _, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		return fmt.Errorf("BRIDGE_LISTEN: %q is not host:port", c.Listen)
+	}
+	if c.Auth != "" && c.Auth != "none" {
+		return fmt.Errorf("BRIDGE_AUTH: only \"none\" is accepted (to run without tokens on a non-loopback address), got %q", c.Auth)
+	}
+	if c.Token != "" && len(c.Token) < 16 {
+		return errors.New("BRIDGE_TOKEN: must be at least 16 characters")
+	}
+	if c.Token == "" && c.Auth != "none" && !isLoopback(host) {
+		return fmt.Errorf("BRIDGE_TOKEN: required when BRIDGE_LISTEN (%s) is not a loopback address; set BRIDGE_AUTH=none to run an open API deliberately", c.Listen)
+	}
+	if c.ShutdownGrace < 0 || c.ShutdownGrace > time.Hour {
+		return fmt.Errorf("BRIDGE_SHUTDOWN_GRACE: %s out of range (0 to 1h)", c.ShutdownGrace)
+	}
+	if _, err := c.ZapLevel(); err != nil {
+		return err
+	}
+	if c.LogFormat != "json" && c.LogFormat != "console" {
+		return fmt.Errorf("BRIDGE_LOG_FORMAT: %q is not json or console", c.LogFormat)
+	}
+	if c.RedisURL == "" && (c.RedisSentinelMaster != "" || c.RedisTLSCA != "" || c.RedisTLSCert != "" || c.RedisPasswordFile != "") {
+		return errors.New("BRIDGE_REDIS_URL: required when other BRIDGE_REDIS_* settings are given")
+	}
+	if c.RedisPassword != "" && c.RedisPasswordFile != "" {
+		return errors.New("BRIDGE_REDIS_PASSWORD_FILE: set either it or BRIDGE_REDIS_PASSWORD, not both")
+	}
+	for _, u := range strings.Split(c.RedisURL, ",") {
+		u = strings.TrimSpace(u)
+		if u == "" || !strings.Contains(u, "://") {
+			continue
+		}
+		scheme, _, _ := strings.Cut(u, "://")
+		if scheme != "redis" && scheme != "rediss" && scheme != "unix" {
+			return fmt.Errorf("BRIDGE_REDIS_URL: scheme %q is not redis, rediss or unix", scheme)
+		}
+	}
+	return nil
+}
+
+// ZapLevel is BRIDGE_LOG_LEVEL as a zap level.
+func (c *Config) ZapLevel() (zapcore.Level, error) {
+	l, err := zapcore.ParseLevel(c.LogLevel)
+	if err != nil {
+		return l, fmt.Errorf("BRIDGE_LOG_LEVEL: %q is not debug, info, warn or error", c.LogLevel)
+	}
+	return l, nil
+}
+
+// OpenWithoutToken reports whether the API runs without authentication (loopback or BRIDGE_AUTH=none).
+func (c *Config) OpenWithoutToken() bool { return c.Token == "" }
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

@@ -1,0 +1,144 @@
+// Package core holds the types every layer of the bridge shares: messages,
+// subscriptions, their validation and the errors callers branch on.
+package core
+
+import (
+	"errors"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Sentinel errors returned (wrapped) by the broker and understood by the HTTP layer.
+var (
+	// ErrNotFound: the subscription, message or dead letter does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrWrongType: a Redis key the bridge needs already holds another type.
+	ErrWrongType = errors.New("key holds the wrong kind of value")
+	// ErrUnavailable: Redis could not be reached or refused the write (OOM, loading).
+	ErrUnavailable = errors.New("redis unavailable")
+	// ErrConflict: the request contradicts existing state (for example a subject change).
+	ErrConflict = errors.New("conflict")
+)
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$`)
+
+// ValidSubject reports whether s is a subject (and stream key) the bridge accepts.
+// The rule excludes braces, so a subject can always be used as a cluster hash tag.
+func ValidSubject(s string) bool { return nameRE.MatchString(s) }
+
+// ValidName reports whether s is a valid subscription name (same rule as subjects).
+func ValidName(s string) bool { return nameRE.MatchString(s) }
+
+// Header names the bridge reads and writes (ruststream-fred's names where they exist).
+const (
+	HeaderDeliveryCount    = "redis-delivery-count"
+	HeaderIdleMS           = "redis-idle-ms"
+	HeaderPartitionKey     = "redis-partition-key"
+	HeaderDeadLetterReason = "x-dead-letter-reason"
+	HeaderContentType      = "content-type"
+	HeaderTraceparent      = "traceparent"
+	HeaderTracestate       = "tracestate"
+)
+
+// Dead-letter reasons, as ruststream-fred spells them.
+const (
+	ReasonDropped       = "dropped"
+	ReasonMaxDeliveries = "max-deliveries"
+)
+
+// Origin says where a message handed to the engine lives in Redis, which decides how it is settled.
+type Origin uint8
+
+const (
+	// FromStream: an entry of the subject's stream, pending in the subscription's group.
+	FromStream Origin = iota
+	// FromRetry: a record in the subscription's durable retry set, leased to this process.
+	FromRetry
+)
+
+// Message is one delivery of one message to one subscription.
+type Message struct {
+	// ID is stable across retries, reclaims and replays; it is the webhook-id.
+	ID      string
+	Subject string
+	// EntryID is the stream entry id (the handle for XACK) when Origin is FromStream.
+	EntryID string
+	Origin  Origin
+	Body    []byte
+	// Headers have lower-case names; content-type is among them when known.
+	Headers map[string]string
+	// Deliveries is the number of this delivery, 1 for the first.
+	Deliveries int
+	// IdleMS is how long the message sat unsettled before it was reclaimed from a dead consumer; 0 otherwise.
+	IdleMS int64
+}
+
+// MessageID derives the public message id from a subject and a stream entry id.
+// Dots are not allowed in Standard Webhooks ids (they separate the signed parts),
+// so the subject's dots become '~', which subjects cannot contain: the mapping stays
+// unique across subjects. The entry id never holds ':' so the last ':' splits the two.
+func MessageID(subject, entryID string) string {
+	return strings.ReplaceAll(subject, ".", "~") + ":" + entryID
+}
+
+// ForbiddenPushHeader reports whether a stored or forwarded header must never be sent
+// on a push, because the bridge or the HTTP layer owns it.
+func ForbiddenPushHeader(lowerName string) bool {
+	switch lowerName {
+	case "host", "content-length", "connection", "keep-alive", "proxy-connection",
+		"proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding",
+		"upgrade", "expect", "bridge-subject", "bridge-subscription",
+		HeaderDeliveryCount, HeaderIdleMS:
+		return true
+	}
+	return strings.HasPrefix(lowerName, "webhook-")
+}
+
+// DeadLetterInfo is what the bridge records beside a dead-lettered message.
+type DeadLetterInfo struct {
+	Reason     string
+	LastStatus int
+	LastError  string
+	At         time.Time
+}
+
+// Reclaimed is the result of one reclaim pass over a subscription's pending entries.
+type Reclaimed struct {
+	Messages []Message
+	// Lost are ids that were pending but whose entries no longer exist (trimmed or deleted).
+	Lost []string
+}
+
+// DeadLetter is one entry of a subscription's dead-letter stream.
+type DeadLetter struct {
+	// EntryID is the entry's id in the dead-letter stream (the paging cursor).
+	EntryID    string
+	ID         string
+	Body       []byte
+	Headers    map[string]string
+	Reason     string
+	LastStatus int
+	LastError  string
+	Deliveries int
+	At         time.Time
+}
+
+// GroupStats are the Redis-side figures of one subscription.
+type GroupStats struct {
+	Lag      int64
+	Pending  int64
+	Retrying int64
+	DLQSize  int64
+}
+
+// LocalStats are one bridge process's delivery counters for one subscription.
+type LocalStats struct {
+	InFlight     int64
+	Delivered    int64
+	Retried      int64
+	DeadLettered int64
+	Lost         int64
+	LastStatus   int64
+	LastError    string
+}

@@ -1,0 +1,277 @@
+package core
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// Defaults of Subscription fields (SPEC §4).
+const (
+	DefaultTransport      = "stream"
+	DefaultStart          = "new"
+	DefaultMaxDeliveries  = 5
+	DefaultMinBackoff     = time.Second
+	DefaultMaxBackoff     = 10 * time.Minute
+	DefaultTimeout        = 30 * time.Second
+	DefaultMaxInFlight    = 16
+	MaxMaxInFlight        = 1024
+	MaxMaxDeliveries      = 1000
+	MaxTimeout            = 15 * time.Minute
+	MaxStaticHeaders      = 32
+	MaxStaticHeaderValue  = 4096
+	MaxRetryAfter         = time.Hour
+	DefaultListMode       = "reliable"
+	DefaultPubSubMode     = "classic"
+	visibilityTimeoutMult = 2
+)
+
+// Duration is a time.Duration that reads and writes Go duration strings ("30s") in JSON.
+// Whole numbers are accepted on input as seconds.
+type Duration time.Duration
+
+// MarshalJSON writes the duration as a Go duration string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// UnmarshalJSON reads a Go duration string or a number of seconds.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		var n float64
+		if err2 := json.Unmarshal(b, &n); err2 != nil {
+			return fmt.Errorf("a duration is a string such as \"30s\" or a number of seconds")
+		}
+		*d = Duration(n * float64(time.Second))
+		return nil
+	}
+	v, err := ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// ParseDuration accepts a Go duration ("1m30s") or whole seconds ("90").
+func ParseDuration(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+		if n < 0 || n > int64(100*365*24*time.Hour/time.Second) {
+			return 0, fmt.Errorf("duration %q out of range", s)
+		}
+		return time.Duration(n) * time.Second, nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("invalid duration %q: use a Go duration such as \"30s\" or whole seconds", s)
+	}
+	return v, nil
+}
+
+// Retry is the backoff window of a subscription.
+type Retry struct {
+	MinBackoff Duration `json:"min_backoff"`
+	MaxBackoff Duration `json:"max_backoff"`
+}
+
+// Subscription is a webhook registered for a subject. The JSON form is the REST body;
+// Secret is only shown by the calls that are meant to reveal it.
+type Subscription struct {
+	Name              string            `json:"name"`
+	Subject           string            `json:"subject"`
+	URL               string            `json:"url"`
+	Transport         string            `json:"transport"`
+	Start             string            `json:"start,omitempty"`
+	ListMode          string            `json:"list_mode,omitempty"`
+	PubSubMode        string            `json:"pubsub_mode,omitempty"`
+	Pattern           bool              `json:"pattern,omitempty"`
+	MaxDeliveries     int               `json:"max_deliveries"`
+	Retry             Retry             `json:"retry"`
+	Timeout           Duration          `json:"timeout"`
+	VisibilityTimeout Duration          `json:"visibility_timeout"`
+	MaxInFlight       int               `json:"max_in_flight"`
+	RateLimit         float64           `json:"rate_limit"`
+	Ordered           bool              `json:"ordered"`
+	Headers           map[string]string `json:"headers"`
+	Secret            string            `json:"secret,omitempty"`
+	Paused            bool              `json:"paused"`
+	PausedReason      string            `json:"paused_reason,omitempty"`
+	CreatedAt         time.Time         `json:"created_at"`
+	UpdatedAt         time.Time         `json:"updated_at"`
+}
+
+// SubscriptionInput is the PUT body: every field optional but subject and url, unknown fields refused.
+type SubscriptionInput struct {
+	Subject           string            `json:"subject"`
+	URL               string            `json:"url"`
+	Transport         string            `json:"transport"`
+	Start             string            `json:"start"`
+	ListMode          string            `json:"list_mode"`
+	PubSubMode        string            `json:"pubsub_mode"`
+	Pattern           bool              `json:"pattern"`
+	MaxDeliveries     *int              `json:"max_deliveries"`
+	Retry             *RetryInput       `json:"retry"`
+	Timeout           *Duration         `json:"timeout"`
+	VisibilityTimeout *Duration         `json:"visibility_timeout"`
+	MaxInFlight       *int              `json:"max_in_flight"`
+	RateLimit         *float64          `json:"rate_limit"`
+	Ordered           bool              `json:"ordered"`
+	Headers           map[string]string `json:"headers"`
+	Secret            string            `json:"secret"`
+	Paused            bool              `json:"paused"`
+}
+
+// RetryInput is the optional retry object of a PUT body.
+type RetryInput struct {
+	MinBackoff *Duration `json:"min_backoff"`
+	MaxBackoff *Duration `json:"max_backoff"`
+}
+
+// FieldError names the field of a subscription that is invalid.
+type FieldError struct {
+	Field  string
+	Reason string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
+
+// Build turns a PUT body into a subscription with defaults applied, or returns a *FieldError.
+// It does not check the URL's target (the caller's SSRF guard does) nor the secret format.
+func (in *SubscriptionInput) Build(name string) (*Subscription, error) {
+	s := &Subscription{
+		Name:          name,
+		Subject:       in.Subject,
+		URL:           in.URL,
+		Transport:     in.Transport,
+		Start:         in.Start,
+		MaxDeliveries: DefaultMaxDeliveries,
+		Retry:         Retry{MinBackoff: Duration(DefaultMinBackoff), MaxBackoff: Duration(DefaultMaxBackoff)},
+		Timeout:       Duration(DefaultTimeout),
+		MaxInFlight:   DefaultMaxInFlight,
+		Ordered:       in.Ordered,
+		Headers:       in.Headers,
+		Secret:        in.Secret,
+		Paused:        in.Paused,
+	}
+	if s.Subject == "" {
+		return nil, &FieldError{"subject", "required"}
+	}
+	if !ValidSubject(s.Subject) {
+		return nil, &FieldError{"subject", "must match ^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"}
+	}
+	if s.URL == "" {
+		return nil, &FieldError{"url", "required"}
+	}
+	if s.Transport == "" {
+		s.Transport = DefaultTransport
+	}
+	if s.Transport != "stream" {
+		// Lists and Pub/Sub are specified but not yet served by this engine; refusing is
+		// better than accepting a subscription that would never deliver.
+		return nil, &FieldError{"transport", "only \"stream\" is supported by this version"}
+	}
+	if in.ListMode != "" || in.PubSubMode != "" || in.Pattern {
+		return nil, &FieldError{"list_mode", "list_mode, pubsub_mode and pattern apply to other transports"}
+	}
+	if s.Start == "" {
+		s.Start = DefaultStart
+	}
+	if s.Start != "new" && s.Start != "beginning" && !ValidEntryID(s.Start) {
+		return nil, &FieldError{"start", "must be \"new\", \"beginning\" or a stream entry id such as 1700000000000-0"}
+	}
+	if s.Ordered {
+		return nil, &FieldError{"ordered", "ordered delivery is not supported by this version"}
+	}
+	if in.MaxDeliveries != nil {
+		s.MaxDeliveries = *in.MaxDeliveries
+	}
+	if s.MaxDeliveries < 1 || s.MaxDeliveries > MaxMaxDeliveries {
+		return nil, &FieldError{"max_deliveries", fmt.Sprintf("must be between 1 and %d", MaxMaxDeliveries)}
+	}
+	if in.Retry != nil {
+		if in.Retry.MinBackoff != nil {
+			s.Retry.MinBackoff = *in.Retry.MinBackoff
+		}
+		if in.Retry.MaxBackoff != nil {
+			s.Retry.MaxBackoff = *in.Retry.MaxBackoff
+		}
+	}
+	if s.Retry.MinBackoff < Duration(10*time.Millisecond) {
+		return nil, &FieldError{"retry.min_backoff", "must be at least 10ms"}
+	}
+	if s.Retry.MaxBackoff < s.Retry.MinBackoff || s.Retry.MaxBackoff > Duration(24*time.Hour) {
+		return nil, &FieldError{"retry.max_backoff", "must be between min_backoff and 24h"}
+	}
+	if in.Timeout != nil {
+		s.Timeout = *in.Timeout
+	}
+	if s.Timeout < Duration(100*time.Millisecond) || s.Timeout > Duration(MaxTimeout) {
+		return nil, &FieldError{"timeout", "must be between 100ms and 15m"}
+	}
+	s.VisibilityTimeout = visibilityTimeoutMult * s.Timeout
+	if in.VisibilityTimeout != nil {
+		s.VisibilityTimeout = *in.VisibilityTimeout
+	}
+	// A reclaim must never take a message that is still being pushed: the visibility
+	// timeout has to cover the request timeout plus the time to settle it.
+	if s.VisibilityTimeout < s.Timeout+Duration(500*time.Millisecond) {
+		return nil, &FieldError{"visibility_timeout", "must exceed timeout by at least 500ms"}
+	}
+	if s.VisibilityTimeout > Duration(24*time.Hour) {
+		return nil, &FieldError{"visibility_timeout", "must be at most 24h"}
+	}
+	if in.MaxInFlight != nil {
+		s.MaxInFlight = *in.MaxInFlight
+	}
+	if s.MaxInFlight < 1 || s.MaxInFlight > MaxMaxInFlight {
+		return nil, &FieldError{"max_in_flight", fmt.Sprintf("must be between 1 and %d", MaxMaxInFlight)}
+	}
+	if in.RateLimit != nil {
+		s.RateLimit = *in.RateLimit
+	}
+	if s.RateLimit < 0 || s.RateLimit > 1e6 {
+		return nil, &FieldError{"rate_limit", "must be between 0 (no limit) and 1000000"}
+	}
+	if len(s.Headers) > MaxStaticHeaders {
+		return nil, &FieldError{"headers", fmt.Sprintf("at most %d headers", MaxStaticHeaders)}
+	}
+	norm := make(map[string]string, len(s.Headers))
+	for k, v := range s.Headers {
+		if err := ValidateHeader(k, v); err != nil {
+			return nil, &FieldError{"headers", err.Error()}
+		}
+		norm[http.CanonicalHeaderKey(k)] = v
+	}
+	s.Headers = norm
+	return s, nil
+}
+
+// ValidateHeader checks a header that a user asks the bridge to send on pushes.
+func ValidateHeader(name, value string) error {
+	if !httpguts.ValidHeaderFieldName(name) {
+		return fmt.Errorf("header name %q is not a valid HTTP field name", name)
+	}
+	if ForbiddenPushHeader(strings.ToLower(name)) || strings.EqualFold(name, HeaderContentType) {
+		return fmt.Errorf("header %q is set by the bridge and cannot be overridden", name)
+	}
+	if len(value) > MaxStaticHeaderValue || !httpguts.ValidHeaderFieldValue(value) {
+		return fmt.Errorf("value of header %q is not a valid HTTP field value (or longer than %d bytes)", name, MaxStaticHeaderValue)
+	}
+	return nil
+}
+
+// ValidEntryID reports whether s looks like a full stream entry id ("<ms>-<seq>").
+func ValidEntryID(s string) bool {
+	ms, seq, ok := strings.Cut(s, "-")
+	if !ok {
+		return false
+	}
+	_, err1 := strconv.ParseUint(ms, 10, 64)
+	_, err2 := strconv.ParseUint(seq, 10, 64)
+	return err1 == nil && err2 == nil
+}

@@ -1,0 +1,155 @@
+package delivery
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unicode/utf8"
+
+	"github.com/bridge-dev/bridge/internal/core"
+)
+
+// maxResponseRead is how much of a webhook's answer is read (SPEC §5); the rest is discarded.
+const maxResponseRead = 64 << 10
+
+// maxErrorText bounds the response excerpt kept as a subscription's last error.
+const maxErrorText = 256
+
+// NewHTTPClient returns the shared outbound client for pushes: every dial goes through
+// control (the SSRF guard, which sees the resolved address), no proxy (a proxy would hide
+// the destination from the guard), redirects are never followed, and connections are
+// pooled generously because one webhook host usually takes many concurrent pushes.
+func NewHTTPClient(control func(network, address string, c syscall.RawConn) error) *http.Client {
+	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second, Control: control}
+	tr := &http.Transport{
+		Proxy:                  nil,
+		DialContext:            dialer.DialContext,
+		ForceAttemptHTTP2:      true,
+		MaxIdleConns:           4096,
+		MaxIdleConnsPerHost:    1024,
+		IdleConnTimeout:        90 * time.Second,
+		TLSHandshakeTimeout:    10 * time.Second,
+		ExpectContinueTimeout:  time.Second,
+		MaxResponseHeaderBytes: 64 << 10,
+	}
+	return &http.Client{
+		Transport: tr,
+		CheckRedirect: func(*http.Request, []*http.Request) error {
+			return http.ErrUseLastResponse
+		},
+	}
+}
+
+// pushResult is what one push produced.
+type pushResult struct {
+	status     int    // 0 when no response arrived
+	errText    string // why it failed, for the last-error field
+	retryAfter string
+	latency    time.Duration
+}
+
+// push sends m to the subscription's webhook once. It returns aborted=true when the push
+// was cut by a shutdown past its grace: the message is then left unsettled for reclaim.
+func (r *runner) push(abortCtx context.Context, m *core.Message) (res pushResult, aborted bool) {
+	s := r.sub
+	ctx, cancel := context.WithTimeout(abortCtx, time.Duration(s.Timeout))
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.URL, bytes.NewReader(m.Body))
+	if err != nil {
+		return pushResult{errText: "build request: " + err.Error()}, false
+	}
+	h := req.Header
+	for k, v := range m.Headers {
+		if core.ForbiddenPushHeader(k) || k == core.HeaderContentType {
+			continue
+		}
+		h[canonical(k)] = []string{v}
+	}
+	for k, v := range s.Headers {
+		h[k] = []string{v}
+	}
+	ct := m.Headers[core.HeaderContentType]
+	if ct == "" {
+		ct = "application/octet-stream"
+	}
+	now := time.Now()
+	h["Content-Type"] = []string{ct}
+	h["User-Agent"] = []string{"bridge/1"}
+	h["Webhook-Id"] = []string{m.ID}
+	h["Webhook-Timestamp"] = []string{strconv.FormatInt(now.Unix(), 10)}
+	h["Webhook-Signature"] = []string{r.signer.Sign(m.ID, now, m.Body)}
+	h["Redis-Delivery-Count"] = []string{strconv.Itoa(m.Deliveries)}
+	if m.IdleMS > 0 {
+		h["Redis-Idle-Ms"] = []string{strconv.FormatInt(m.IdleMS, 10)}
+	}
+	h["Bridge-Subject"] = []string{m.Subject}
+	h["Bridge-Subscription"] = []string{s.Name}
+
+	resp, err := r.e.client.Do(req)
+	res.latency = time.Since(now)
+	if err != nil {
+		if abortCtx.Err() != nil {
+			return res, true
+		}
+		res.errText = describeTransportError(err, time.Duration(s.Timeout))
+		return res, false
+	}
+	res.status = resp.StatusCode
+	res.retryAfter = resp.Header.Get("Retry-After")
+	var excerpt []byte
+	if res.status < 200 || res.status >= 300 {
+		excerpt, _ = io.ReadAll(io.LimitReader(resp.Body, maxErrorText))
+	}
+	// Drain (bounded) so the connection can be reused.
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxResponseRead-int64(len(excerpt))))
+	_ = resp.Body.Close()
+	if res.status < 200 || res.status >= 300 {
+		res.errText = fmt.Sprintf("HTTP %d", res.status)
+		if t := printable(excerpt); t != "" {
+			res.errText += ": " + t
+		}
+	}
+	return res, false
+}
+
+func describeTransportError(err error, timeout time.Duration) string {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Sprintf("timeout after %s", timeout)
+	}
+	var ue interface{ Unwrap() error }
+	if errors.As(err, &ue) {
+		if inner := ue.Unwrap(); inner != nil {
+			err = inner
+		}
+	}
+	return err.Error()
+}
+
+// printable keeps a short, single-line, valid UTF-8 excerpt of a response body.
+func printable(b []byte) string {
+	s := strings.ToValidUTF8(string(b), "")
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+	s = strings.TrimSpace(s)
+	for len(s) > maxErrorText && !utf8.RuneStart(s[maxErrorText]) {
+		s = s[:len(s)-1]
+	}
+	if len(s) > maxErrorText {
+		s = s[:maxErrorText]
+	}
+	return s
+}
+
+func canonical(lower string) string { return http.CanonicalHeaderKey(lower) }

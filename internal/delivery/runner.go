@@ -1,0 +1,404 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/bridge-dev/bridge/internal/core"
+	"github.com/bridge-dev/bridge/internal/webhook"
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+)
+
+// Stats are one process's counters for one subscription. Fields are read with atomics.
+type Stats struct {
+	Delivered    atomic.Int64
+	Retried      atomic.Int64
+	DeadLettered atomic.Int64
+	InFlight     atomic.Int64
+	Lost         atomic.Int64
+	LastStatus   atomic.Int64
+	lastError    atomic.Pointer[string]
+}
+
+// LastError is the most recent failure text, "" when none.
+func (s *Stats) LastError() string {
+	if p := s.lastError.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// settleTimeout bounds one settlement command; settlement runs after the push, never
+// under a cancelled context, so a shutdown does not strand a finished push unsettled.
+const settleTimeout = 5 * time.Second
+
+// maxAckBatch bounds one XACK.
+const maxAckBatch = 512
+
+// runner delivers one subscription with one immutable configuration.
+type runner struct {
+	e       *Engine
+	sub     *core.Subscription
+	signer  *webhook.Signer
+	limiter *rate.Limiter
+	stats   *Stats
+	log     *zap.Logger
+
+	stopOnce sync.Once
+	stopCh   chan struct{}
+	slots    chan struct{} // one token per free push slot (max_in_flight)
+	jobs     chan core.Message
+	acks     chan string
+}
+
+func newRunner(e *Engine, s *core.Subscription, st *Stats) (*runner, error) {
+	signer, err := webhook.NewSigner(s.Secret)
+	if err != nil {
+		return nil, err
+	}
+	r := &runner{
+		e: e, sub: s, signer: signer, stats: st,
+		log:    e.log.With(zap.String("subscription", s.Name), zap.String("subject", s.Subject)),
+		stopCh: make(chan struct{}),
+		slots:  make(chan struct{}, s.MaxInFlight),
+		// Unbuffered: a message is only read after a slot (and so a worker) is free for it.
+		jobs: make(chan core.Message),
+		// Sized to max_in_flight so a worker never waits on the acker.
+		acks: make(chan string, s.MaxInFlight),
+	}
+	if s.RateLimit > 0 {
+		r.limiter = rate.NewLimiter(rate.Limit(s.RateLimit), max(1, int(s.RateLimit/10)))
+	}
+	for range s.MaxInFlight {
+		r.slots <- struct{}{}
+	}
+	return r, nil
+}
+
+func (r *runner) start() {
+	var producers, workers sync.WaitGroup
+	r.e.wg.Add(1)
+	go func() {
+		defer r.e.wg.Done()
+		producers.Add(2)
+		go func() { defer producers.Done(); r.readLoop() }()
+		go func() { defer producers.Done(); r.maintainLoop() }()
+		for range r.sub.MaxInFlight {
+			workers.Add(1)
+			go func() { defer workers.Done(); r.work() }()
+		}
+		ackDone := make(chan struct{})
+		go func() { defer close(ackDone); r.ackLoop() }()
+		// Ordered stop: producers end, then workers drain what was read, then the acker flushes.
+		producers.Wait()
+		close(r.jobs)
+		workers.Wait()
+		close(r.acks)
+		<-ackDone
+		r.log.Debug("subscription runner stopped")
+	}()
+	r.log.Info("subscription delivering", zap.Int("max_in_flight", r.sub.MaxInFlight))
+}
+
+func (r *runner) stopReading() {
+	r.stopOnce.Do(func() {
+		close(r.stopCh)
+	})
+}
+
+// acquire takes at least one free slot (waiting for it) and then as many more as are free,
+// up to limit. It returns 0 when the runner is stopping.
+func (r *runner) acquire(limit int, wait bool) int {
+	n := 0
+	if wait {
+		select {
+		case <-r.slots:
+			n = 1
+		case <-r.stopCh:
+			return 0
+		}
+	}
+	for n < limit {
+		select {
+		case <-r.slots:
+			n++
+		default:
+			return n
+		}
+	}
+	return n
+}
+
+func (r *runner) release(n int) {
+	for range n {
+		r.slots <- struct{}{}
+	}
+}
+
+func (r *runner) dispatch(msgs []core.Message) {
+	for _, m := range msgs {
+		r.jobs <- m // a worker is free: each message holds a slot
+	}
+}
+
+func (r *runner) readLoop() {
+	var errs errThrottle
+	for {
+		n := r.acquire(r.sub.MaxInFlight, true)
+		if n == 0 {
+			return
+		}
+		// Not cancelled by a stop: entries Redis hands out must reach a worker, and the
+		// short block bounds how long a stop waits for this call.
+		ctx, cancel := context.WithTimeout(context.Background(), r.e.opts.Block+settleTimeout)
+		msgs, recreated, err := r.e.b.Read(ctx, r.sub, r.e.consumer, n, r.e.opts.Block)
+		cancel()
+		if recreated {
+			r.log.Warn("consumer group was missing (stream deleted or flushed); recreated it from the beginning of the stream")
+		}
+		r.release(n - len(msgs))
+		if err != nil {
+			if r.stopping() {
+				return
+			}
+			errs.log(r.log, "read failed; retrying", err)
+			r.sleep(time.Second)
+			continue
+		}
+		errs.ok(r.log, "reading again")
+		r.dispatch(msgs)
+	}
+}
+
+// maintainLoop moves due retries into delivery and reclaims entries that a dead consumer
+// left pending longer than the visibility timeout.
+func (r *runner) maintainLoop() {
+	vt := time.Duration(r.sub.VisibilityTimeout)
+	reclaimEvery := min(max(vt/4, 250*time.Millisecond), 5*time.Second)
+	nextReclaim := time.Now()
+	t := time.NewTicker(r.e.opts.RetryPoll)
+	defer t.Stop()
+	var errs errThrottle
+	for {
+		select {
+		case <-r.stopCh:
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		if n := r.acquire(r.sub.MaxInFlight, false); n > 0 {
+			ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+			msgs, err := r.e.b.ClaimRetries(ctx, r.sub, now, vt, n)
+			cancel()
+			r.release(n - len(msgs))
+			if err != nil && !r.stopping() {
+				errs.log(r.log, "claiming retries failed", err)
+			}
+			r.dispatch(msgs)
+		}
+		if now.Before(nextReclaim) {
+			continue
+		}
+		nextReclaim = now.Add(reclaimEvery)
+		if n := r.acquire(r.sub.MaxInFlight, false); n > 0 {
+			ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+			rc, err := r.e.b.Reclaim(ctx, r.sub, r.e.consumer, vt, n)
+			cancel()
+			r.release(n - len(rc.Messages))
+			if err != nil && !r.stopping() {
+				errs.log(r.log, "reclaim failed", err)
+			}
+			if len(rc.Lost) > 0 {
+				r.stats.Lost.Add(int64(len(rc.Lost)))
+				r.log.Warn("pending entries no longer exist in the stream (trimmed or deleted); acknowledged and counted as lost",
+					zap.Int("count", len(rc.Lost)), zap.Strings("entry_ids", rc.Lost))
+			}
+			if len(rc.Messages) > 0 {
+				r.log.Info("reclaimed messages left pending by another consumer", zap.Int("count", len(rc.Messages)))
+			}
+			r.dispatch(rc.Messages)
+		}
+	}
+}
+
+func (r *runner) work() {
+	for m := range r.jobs {
+		r.stats.InFlight.Add(1)
+		r.handle(&m)
+		r.stats.InFlight.Add(-1)
+		r.release(1)
+	}
+}
+
+func (r *runner) handle(m *core.Message) {
+	log := r.log
+	if m.Deliveries > r.sub.MaxDeliveries {
+		// Reclaimed after its consumer died mid-push as often as it may be delivered: a
+		// poison message must not crash-loop the fleet.
+		r.deadLetter(m, core.ReasonMaxDeliveries, 0, "delivery count exceeded max_deliveries before a push could complete")
+		return
+	}
+	if r.limiter != nil {
+		if err := r.limiter.Wait(r.e.abortCtx); err != nil {
+			return // shutdown past grace: leave it for reclaim
+		}
+	}
+	res, aborted := r.push(r.e.abortCtx, m)
+	if aborted {
+		return
+	}
+	r.stats.LastStatus.Store(int64(res.status))
+	outcome := Verdict(res.status)
+	if outcome != Ack {
+		r.stats.lastError.Store(&res.errText)
+	}
+	if ce := log.Check(zap.DebugLevel, "pushed"); ce != nil {
+		ce.Write(zap.String("message_id", m.ID), zap.Int("status", res.status), zap.Int("delivery", m.Deliveries),
+			zap.Stringer("outcome", outcome), zap.Duration("latency", res.latency))
+	}
+	switch outcome {
+	case Ack:
+		r.ack(m)
+	case Requeue:
+		if m.Deliveries >= r.sub.MaxDeliveries {
+			r.deadLetter(m, core.ReasonMaxDeliveries, res.status, res.errText)
+			return
+		}
+		due := time.Now().Add(retryDelay(r.sub, m.Deliveries, res.retryAfter, time.Now()))
+		ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+		err := r.e.b.Retry(ctx, r.sub, m, due)
+		cancel()
+		if err != nil {
+			log.Warn("could not schedule retry; the message stays pending and will be reclaimed",
+				zap.String("message_id", m.ID), zap.Error(err))
+			return
+		}
+		r.stats.Retried.Add(1)
+	case Drop, Gone:
+		r.deadLetter(m, core.ReasonDropped, res.status, res.errText)
+		if outcome == Gone {
+			reason := "webhook answered 410 Gone"
+			ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+			err := r.e.b.PauseSubscription(ctx, r.sub.Name, reason)
+			cancel()
+			if err != nil {
+				log.Error("could not pause subscription after 410", zap.Error(err))
+			} else {
+				log.Warn("subscription paused: " + reason)
+			}
+		}
+	}
+}
+
+func (r *runner) ack(m *core.Message) {
+	r.stats.Delivered.Add(1)
+	if m.Origin == core.FromStream {
+		r.acks <- m.EntryID
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	defer cancel()
+	if err := r.e.b.AckRetries(ctx, r.sub, m.ID); err != nil {
+		r.log.Warn("could not ack retried message; it will be delivered again after the visibility timeout",
+			zap.String("message_id", m.ID), zap.Error(err))
+	}
+}
+
+func (r *runner) deadLetter(m *core.Message, reason string, status int, errText string) {
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	defer cancel()
+	err := r.e.b.DeadLetter(ctx, r.sub, m, core.DeadLetterInfo{Reason: reason, LastStatus: status, LastError: errText, At: time.Now()})
+	if err != nil {
+		r.log.Warn("could not dead-letter; the message stays pending and will be reclaimed",
+			zap.String("message_id", m.ID), zap.Error(err))
+		return
+	}
+	r.stats.DeadLettered.Add(1)
+	r.log.Info("dead-lettered", zap.String("message_id", m.ID), zap.String("reason", reason),
+		zap.Int("status", status), zap.Int("deliveries", m.Deliveries))
+}
+
+// ackLoop batches stream acknowledgements: whatever workers settled while the previous
+// XACK was on the wire goes out in the next one.
+func (r *runner) ackLoop() {
+	batch := make([]string, 0, maxAckBatch)
+	for id := range r.acks {
+		batch = append(batch[:0], id)
+	drain:
+		for len(batch) < maxAckBatch {
+			select {
+			case id, ok := <-r.acks:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, id)
+			default:
+				break drain
+			}
+		}
+		r.flushAcks(batch)
+	}
+}
+
+// flushAcks retries an XACK for a while: a lost ack means a duplicate push later, never a
+// loss, but a short Redis blip should not cause one.
+func (r *runner) flushAcks(ids []string) {
+	deadline := time.Now().Add(time.Duration(r.sub.VisibilityTimeout) / 2)
+	for attempt := 0; ; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+		err := r.e.b.Ack(ctx, r.sub.Subject, r.sub.Name, ids...)
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) || errors.Is(err, context.Canceled) {
+			r.log.Warn("could not ack; these messages will be delivered again after the visibility timeout",
+				zap.Int("count", len(ids)), zap.Error(err))
+			return
+		}
+		time.Sleep(min(time.Duration(attempt+1)*100*time.Millisecond, time.Second))
+	}
+}
+
+func (r *runner) stopping() bool {
+	select {
+	case <-r.stopCh:
+		return true
+	default:
+		return false
+	}
+}
+
+func (r *runner) sleep(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-r.stopCh:
+	}
+}
+
+// errThrottle logs the first error of an outage and its end, not every failed poll.
+type errThrottle struct {
+	failing bool
+	last    time.Time
+}
+
+func (t *errThrottle) log(log *zap.Logger, msg string, err error) {
+	if !t.failing || time.Since(t.last) > 30*time.Second {
+		log.Warn(msg, zap.Error(err))
+		t.last = time.Now()
+	}
+	t.failing = true
+}
+
+func (t *errThrottle) ok(log *zap.Logger, msg string) {
+	if t.failing {
+		log.Info(msg)
+		t.failing = false
+	}
+}

@@ -1,0 +1,221 @@
+// Package httpapi is the bridge's REST API (SPEC §4) on chi: publish, subscriptions,
+// dead letters and the operational endpoints. Every error is problem+json with a stable code.
+package httpapi
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/bridge-dev/bridge/internal/core"
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"go.uber.org/zap"
+)
+
+// Broker is what the API needs from Redis. *broker.Broker implements it.
+type Broker interface {
+	Ping(ctx context.Context) error
+	Publish(ctx context.Context, subject string, body []byte, headers map[string]string) (string, error)
+	EnsureGroup(ctx context.Context, subject, sub, start string) (bool, error)
+	DestroyGroup(ctx context.Context, subject, sub string) error
+	PutSubscription(ctx context.Context, s *core.Subscription) (bool, error)
+	GetSubscription(ctx context.Context, name string) (*core.Subscription, error)
+	ListSubscriptions(ctx context.Context) ([]*core.Subscription, int64, error)
+	DeleteSubscription(ctx context.Context, name string) error
+	DeadLetters(ctx context.Context, s *core.Subscription, after string, limit int) ([]core.DeadLetter, error)
+	ReplayDeadLetters(ctx context.Context, s *core.Subscription, ids []string) (int, error)
+	SubscriptionStats(ctx context.Context, s *core.Subscription) (core.GroupStats, error)
+}
+
+// Engine is what the API reads from the delivery engine.
+type Engine interface {
+	Running() bool
+	LocalStats(name string) core.LocalStats
+}
+
+// URLChecker validates webhook URLs at registration (the SSRF guard).
+type URLChecker interface {
+	CheckURL(raw string) (*url.URL, error)
+}
+
+// Options configure the API.
+type Options struct {
+	// Token, when set, is required as a bearer token on every /v1 route.
+	Token string
+	// MaxBody bounds a published message (413 above it).
+	MaxBody int64
+	Guard   URLChecker
+	// IsDenied tells a refused target (400 target_not_allowed) from a malformed URL.
+	IsDenied func(error) bool
+	// OpenAPI is the document served at /openapi.yaml.
+	OpenAPI []byte
+	Logger  *zap.Logger
+}
+
+// maxJSONBody bounds every JSON request body other than a published message.
+const maxJSONBody = 64 << 10
+
+// requestTimeout bounds the Redis work of one request.
+const requestTimeout = 5 * time.Second
+
+type api struct {
+	b        Broker
+	e        Engine
+	opts     Options
+	log      *zap.Logger
+	tokenSum [sha256.Size]byte
+}
+
+// NewHandler returns the API's HTTP handler.
+func NewHandler(b Broker, e Engine, opts Options) http.Handler {
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	if opts.IsDenied == nil {
+		opts.IsDenied = func(error) bool { return false }
+	}
+	a := &api{b: b, e: e, opts: opts, log: opts.Logger}
+	if opts.Token != "" {
+		a.tokenSum = sha256.Sum256([]byte(opts.Token))
+	}
+	r := chi.NewRouter()
+	r.Use(middleware.RequestID, a.logRequests, a.recoverer)
+	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
+		writeProblem(w, "not_found", "no such route")
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, _ *http.Request) {
+		writeProblem(w, "method_not_allowed", "this route does not take that method")
+	})
+	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	r.Get("/readyz", a.ready)
+	r.Get("/openapi.yaml", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/yaml")
+		_, _ = w.Write(opts.OpenAPI)
+	})
+	r.Route("/v1", func(r chi.Router) {
+		r.Use(a.authenticate)
+		r.Post("/subjects/{subject}/messages", a.publish)
+		r.Get("/subscriptions", a.listSubscriptions)
+		r.Route("/subscriptions/{name}", func(r chi.Router) {
+			r.Put("/", a.putSubscription)
+			r.Get("/", a.getSubscription)
+			r.Delete("/", a.deleteSubscription)
+			r.Post("/pause", a.pause)
+			r.Post("/resume", a.resume)
+			r.Get("/secret", a.secret)
+			r.Get("/dead-letters", a.deadLetters)
+			r.Post("/dead-letters/replay", a.replay)
+		})
+	})
+	return r
+}
+
+// NewServer wraps h in an http.Server with every timeout and limit set, so a slow or
+// hostile client cannot hold connections or memory.
+func NewServer(addr string, h http.Handler, log *zap.Logger) *http.Server {
+	return &http.Server{
+		Addr:              addr,
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          zap.NewStdLog(log.Named("http")),
+	}
+}
+
+func (a *api) ready(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+	defer cancel()
+	if err := a.b.Ping(ctx); err != nil {
+		writeProblem(w, "not_ready", "redis is not reachable")
+		return
+	}
+	if !a.e.Running() {
+		writeProblem(w, "not_ready", "the delivery engine is not running")
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// authenticate checks the bearer token in constant time: both sides are hashed first so
+// neither the comparison nor its length leaks anything about the token.
+func (a *api) authenticate(next http.Handler) http.Handler {
+	if a.opts.Token == "" {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		auth := r.Header.Get("Authorization")
+		scheme, tok, ok := strings.Cut(auth, " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="bridge"`)
+			writeProblem(w, "unauthorized", "a bearer token is required")
+			return
+		}
+		sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
+		if subtle.ConstantTimeCompare(sum[:], a.tokenSum[:]) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="bridge", error="invalid_token"`)
+			writeProblem(w, "unauthorized", "the bearer token is not valid")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (a *api) logRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+		start := time.Now()
+		next.ServeHTTP(ww, r)
+		level := zap.DebugLevel
+		if ww.Status() >= 500 {
+			level = zap.WarnLevel
+		}
+		if ce := a.log.Check(level, "request"); ce != nil {
+			ce.Write(zap.String("method", r.Method), zap.String("path", r.URL.Path),
+				zap.Int("status", ww.Status()), zap.Duration("duration", time.Since(start)),
+				zap.String("request_id", middleware.GetReqID(r.Context())))
+		}
+	})
+}
+
+func (a *api) recoverer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				a.log.Error("panic in handler", zap.Any("panic", v), zap.String("path", r.URL.Path), zap.Stack("stack"))
+				writeProblem(w, "internal", "internal error")
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// fail maps a broker error to its problem.
+func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case errors.Is(err, core.ErrNotFound):
+		writeProblem(w, "not_found", err.Error())
+	case errors.Is(err, core.ErrWrongType):
+		writeProblem(w, "wrong_type", "a Redis key the request needs holds another type of value")
+	case errors.Is(err, core.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		a.log.Warn("redis unavailable", zap.String("path", r.URL.Path), zap.Error(err))
+		writeProblem(w, "redis_unavailable", "redis did not confirm the operation; retry later")
+	default:
+		a.log.Error("request failed", zap.String("path", r.URL.Path), zap.Error(err))
+		writeProblem(w, "internal", fmt.Sprintf("request failed (request id %s)", middleware.GetReqID(r.Context())))
+	}
+}

@@ -1,0 +1,357 @@
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"github.com/bridge-dev/bridge/internal/core"
+	"github.com/bridge-dev/bridge/internal/webhook"
+	"github.com/go-chi/chi/v5"
+)
+
+// subscriptionView is a subscription as reads show it: never the secret.
+type subscriptionView struct {
+	*core.Subscription
+	Secret string `json:"secret,omitempty"`
+}
+
+func view(s *core.Subscription) subscriptionView {
+	c := *s
+	c.Secret = ""
+	return subscriptionView{Subscription: &c}
+}
+
+type statsView struct {
+	Lag          int64  `json:"lag"`
+	Pending      int64  `json:"pending"`
+	Retrying     int64  `json:"retrying"`
+	DLQSize      int64  `json:"dlq_size"`
+	InFlight     int64  `json:"in_flight"`
+	Delivered    int64  `json:"delivered"`
+	Retried      int64  `json:"retried"`
+	DeadLettered int64  `json:"dead_lettered"`
+	Lost         int64  `json:"lost"`
+	LastStatus   int64  `json:"last_status"`
+	LastError    string `json:"last_error"`
+}
+
+// decodeJSON reads a bounded JSON body that must be one object with only known fields.
+func decodeJSON(w http.ResponseWriter, r *http.Request, v any, allowEmpty bool) bool {
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxJSONBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeProblem(w, "payload_too_large", fmt.Sprintf("the JSON body exceeds %d bytes", maxJSONBody))
+		} else {
+			writeProblem(w, "invalid_json", "could not read the request body")
+		}
+		return false
+	}
+	if allowEmpty && len(bytes.TrimSpace(raw)) == 0 {
+		return true
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		writeProblem(w, "invalid_json", err.Error())
+		return false
+	}
+	if dec.More() {
+		writeProblem(w, "invalid_json", "the body must hold exactly one JSON object")
+		return false
+	}
+	return true
+}
+
+func (a *api) name(w http.ResponseWriter, r *http.Request) (string, bool) {
+	name := chi.URLParam(r, "name")
+	if !core.ValidName(name) {
+		writeProblem(w, "invalid_name", "subscription names match ^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
+		return "", false
+	}
+	return name, true
+}
+
+// load fetches the named subscription, answering the request itself on failure.
+func (a *api) load(w http.ResponseWriter, r *http.Request) (*core.Subscription, bool) {
+	name, ok := a.name(w, r)
+	if !ok {
+		return nil, false
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+	defer cancel()
+	s, err := a.b.GetSubscription(ctx, name)
+	if err != nil {
+		a.fail(w, r, err)
+		return nil, false
+	}
+	return s, true
+}
+
+func (a *api) putSubscription(w http.ResponseWriter, r *http.Request) {
+	name, ok := a.name(w, r)
+	if !ok {
+		return
+	}
+	var in core.SubscriptionInput
+	if !decodeJSON(w, r, &in, false) {
+		return
+	}
+	s, err := in.Build(name)
+	if err != nil {
+		writeProblem(w, "invalid_subscription", err.Error())
+		return
+	}
+	if _, err := a.opts.Guard.CheckURL(s.URL); err != nil {
+		if a.opts.IsDenied(err) {
+			writeProblem(w, "target_not_allowed", err.Error()+" (allow it with BRIDGE_TARGET_ALLOW_CIDRS)")
+		} else {
+			writeProblem(w, "invalid_url", err.Error())
+		}
+		return
+	}
+	if s.Secret != "" {
+		if err := webhook.ValidateSecret(s.Secret); err != nil {
+			writeProblem(w, "invalid_secret", err.Error())
+			return
+		}
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+	defer cancel()
+	old, err := a.b.GetSubscription(ctx, name)
+	switch {
+	case errors.Is(err, core.ErrNotFound):
+		old = nil
+	case err != nil:
+		a.fail(w, r, err)
+		return
+	}
+	now := time.Now().UTC()
+	s.CreatedAt, s.UpdatedAt = now, now
+	if old != nil {
+		if old.Subject != s.Subject {
+			writeProblem(w, "subject_immutable", fmt.Sprintf("subscription %s reads %s; delete it to read another subject", name, old.Subject))
+			return
+		}
+		s.CreatedAt = old.CreatedAt
+		if s.Secret == "" {
+			s.Secret = old.Secret
+		}
+	}
+	if s.Secret == "" {
+		if s.Secret, err = webhook.NewSecret(); err != nil {
+			a.fail(w, r, err)
+			return
+		}
+	}
+	if s.Paused {
+		s.PausedReason = "paused by configuration"
+	}
+	// The group first: if the subject's key holds another type this fails with nothing stored.
+	if _, err := a.b.EnsureGroup(ctx, s.Subject, s.Name, s.Start); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	replaced, err := a.b.PutSubscription(ctx, s)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	status := http.StatusCreated
+	if replaced {
+		status = http.StatusOK
+	}
+	v := view(s)
+	v.Secret = s.Secret
+	writeJSON(w, status, v)
+}
+
+func (a *api) getSubscription(w http.ResponseWriter, r *http.Request) {
+	s, ok := a.load(w, r)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+	defer cancel()
+	gs, err := a.b.SubscriptionStats(ctx, s)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	ls := a.e.LocalStats(s.Name)
+	writeJSON(w, http.StatusOK, struct {
+		subscriptionView
+		Stats statsView `json:"stats"`
+	}{view(s), statsView{
+		Lag: gs.Lag, Pending: gs.Pending, Retrying: gs.Retrying, DLQSize: gs.DLQSize,
+		InFlight: ls.InFlight, Delivered: ls.Delivered, Retried: ls.Retried, DeadLettered: ls.DeadLettered,
+		Lost: ls.Lost, LastStatus: ls.LastStatus, LastError: ls.LastError,
+	}})
+}
+
+func (a *api) listSubscriptions(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+	defer cancel()
+	subs, _, err := a.b.ListSubscriptions(ctx)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	sort.Slice(subs, func(i, j int) bool { return subs[i].Name < subs[j].Name })
+	views := make([]subscriptionView, 0, len(subs))
+	for _, s := range subs {
+		views = append(views, view(s))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"subscriptions": views})
+}
+
+func (a *api) deleteSubscription(w http.ResponseWriter, r *http.Request) {
+	s, ok := a.load(w, r)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+	defer cancel()
+	// The record first, so no process starts delivering again; then the Redis state.
+	if err := a.b.DeleteSubscription(ctx, s.Name); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if err := a.b.DestroyGroup(ctx, s.Subject, s.Name); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *api) pause(w http.ResponseWriter, r *http.Request)  { a.setPaused(w, r, true) }
+func (a *api) resume(w http.ResponseWriter, r *http.Request) { a.setPaused(w, r, false) }
+
+func (a *api) setPaused(w http.ResponseWriter, r *http.Request, paused bool) {
+	s, ok := a.load(w, r)
+	if !ok {
+		return
+	}
+	if s.Paused != paused {
+		s.Paused, s.PausedReason, s.UpdatedAt = paused, "", time.Now().UTC()
+		if paused {
+			s.PausedReason = "paused by API"
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+		defer cancel()
+		if _, err := a.b.PutSubscription(ctx, s); err != nil {
+			a.fail(w, r, err)
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, view(s))
+}
+
+func (a *api) secret(w http.ResponseWriter, r *http.Request) {
+	s, ok := a.load(w, r)
+	if !ok {
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"secret": s.Secret})
+}
+
+type deadLetterView struct {
+	ID            string            `json:"id"`
+	DeadLetterID  string            `json:"dead_letter_id"`
+	Reason        string            `json:"reason"`
+	LastStatus    int               `json:"last_status"`
+	LastError     string            `json:"last_error"`
+	DeliveryCount int               `json:"delivery_count"`
+	At            time.Time         `json:"dead_lettered_at"`
+	Headers       map[string]string `json:"headers"`
+	Body          *string           `json:"body,omitempty"`
+	BodyBase64    string            `json:"body_base64"`
+}
+
+func (a *api) deadLetters(w http.ResponseWriter, r *http.Request) {
+	s, ok := a.load(w, r)
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	limit := 100
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			writeProblem(w, "invalid_query", "limit must be an integer between 1 and 1000")
+			return
+		}
+		limit = n
+	}
+	after := q.Get("after")
+	if after != "" && !core.ValidEntryID(after) {
+		writeProblem(w, "invalid_query", "after must be a dead_letter_id from a previous page")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+	defer cancel()
+	dls, err := a.b.DeadLetters(ctx, s, after, limit)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	out := make([]deadLetterView, 0, len(dls))
+	for _, d := range dls {
+		v := deadLetterView{
+			ID: d.ID, DeadLetterID: d.EntryID, Reason: d.Reason, LastStatus: d.LastStatus, LastError: d.LastError,
+			DeliveryCount: d.Deliveries, At: d.At, Headers: d.Headers, BodyBase64: base64.StdEncoding.EncodeToString(d.Body),
+		}
+		if utf8.Valid(d.Body) {
+			b := string(d.Body)
+			v.Body = &b
+		}
+		out = append(out, v)
+	}
+	resp := map[string]any{"dead_letters": out}
+	if len(dls) == limit {
+		resp["next"] = dls[len(dls)-1].EntryID
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+type replayRequest struct {
+	IDs []string `json:"ids"`
+}
+
+func (a *api) replay(w http.ResponseWriter, r *http.Request) {
+	s, ok := a.load(w, r)
+	if !ok {
+		return
+	}
+	var req replayRequest
+	if !decodeJSON(w, r, &req, true) {
+		return
+	}
+	if len(req.IDs) > 1000 {
+		writeProblem(w, "invalid_json", "at most 1000 ids per replay")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 4*requestTimeout)
+	defer cancel()
+	if req.IDs != nil && len(req.IDs) == 0 {
+		writeJSON(w, http.StatusOK, map[string]int{"replayed": 0})
+		return
+	}
+	// nil (no body, or no "ids") replays everything.
+	n, err := a.b.ReplayDeadLetters(ctx, s, req.IDs)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]int{"replayed": n})
+}
