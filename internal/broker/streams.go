@@ -76,8 +76,15 @@ func isNoKey(err error) bool {
 // or flushed) is recreated from the beginning of whatever stream now exists, and
 // recreated reports it so the caller can alert.
 func (b *Broker) Read(ctx context.Context, s *core.Subscription, consumer string, count int, block time.Duration) (msgs []core.Message, recreated bool, err error) {
-	cmd := b.c.B().Xreadgroup().Group(groupName(s.Name), consumer).Count(int64(count)).
-		Block(block.Milliseconds()).Streams().Key(s.Subject).Id(">").Build()
+	// BLOCK 0 would wait forever: below a millisecond the read does not block at all.
+	var cmd rueidis.Completed
+	if ms := block.Milliseconds(); ms > 0 {
+		cmd = b.c.B().Xreadgroup().Group(groupName(s.Name), consumer).Count(int64(count)).Block(ms).
+			Streams().Key(s.Subject).Id(">").Build()
+	} else {
+		cmd = b.c.B().Xreadgroup().Group(groupName(s.Name), consumer).Count(int64(count)).
+			Streams().Key(s.Subject).Id(">").Build()
+	}
 	res, err := b.c.Do(ctx, cmd).AsXRead()
 	if rueidis.IsRedisNil(err) {
 		return nil, false, nil
@@ -153,10 +160,11 @@ redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 if ARGV[6] ~= '' then redis.call('XACK', KEYS[4], ARGV[5], ARGV[6]) end
 return 1`)
-	// KEYS: zset, data, counts. ARGV: nowMs, leaseUntilMs, limit. Returns id, record, deliveries triples.
+	// KEYS: zset, data, counts. ARGV: nowMs, leaseUntilMs, limit. Returns the score of the
+	// earliest remaining member ("" if none) followed by id, record, deliveries triples.
 	claimScript = rueidis.NewLuaScript(`
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-local out = {}
+local out = {''}
 for _, id in ipairs(ids) do
   local rec = redis.call('HGET', KEYS[2], id)
   if rec then
@@ -170,6 +178,8 @@ for _, id in ipairs(ids) do
     redis.call('HDEL', KEYS[3], id)
   end
 end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if first[2] then out[1] = first[2] end
 return out`)
 	// KEYS: zset, data, counts. ARGV: ids.
 	ackRetryScript = rueidis.NewLuaScript(`
@@ -224,18 +234,26 @@ func (b *Broker) Retry(ctx context.Context, s *core.Subscription, m *core.Messag
 	return nil
 }
 
-// ClaimRetries leases up to limit due retries of s to the caller until now+lease.
-func (b *Broker) ClaimRetries(ctx context.Context, s *core.Subscription, now time.Time, lease time.Duration, limit int) ([]core.Message, error) {
+// ClaimRetries leases up to limit due retries of s to the caller until now+lease. next is
+// when the earliest message left in the set comes due (zero when the set is empty).
+func (b *Broker) ClaimRetries(ctx context.Context, s *core.Subscription, now time.Time, lease time.Duration, limit int) (msgs []core.Message, next time.Time, err error) {
 	args := []string{strconv.FormatInt(now.UnixMilli(), 10), strconv.FormatInt(now.Add(lease).UnixMilli(), 10), strconv.Itoa(limit)}
 	vals, err := claimScript.Exec(ctx, b.c, b.retryKeys(s), args).AsStrSlice()
 	if err != nil {
-		return nil, fmt.Errorf("claim retries of %s: %w", s.Name, classify(err))
+		return nil, next, fmt.Errorf("claim retries of %s: %w", s.Name, classify(err))
 	}
-	msgs := make([]core.Message, 0, len(vals)/3)
+	if len(vals) == 0 {
+		return nil, next, nil
+	}
+	if ms, err := strconv.ParseFloat(vals[0], 64); err == nil {
+		next = time.UnixMilli(int64(ms))
+	}
+	vals = vals[1:]
+	msgs = make([]core.Message, 0, len(vals)/3)
 	for i := 0; i+2 < len(vals); i += 3 {
 		var rec retryRecord
 		if err := json.Unmarshal([]byte(vals[i+1]), &rec); err != nil {
-			return nil, fmt.Errorf("retry record %s: %w", vals[i], err)
+			return nil, next, fmt.Errorf("retry record %s: %w", vals[i], err)
 		}
 		n, _ := strconv.Atoi(vals[i+2])
 		msgs = append(msgs, core.Message{
@@ -243,7 +261,7 @@ func (b *Broker) ClaimRetries(ctx context.Context, s *core.Subscription, now tim
 			Body: rec.Body, Headers: rec.Headers, Deliveries: n,
 		})
 	}
-	return msgs, nil
+	return msgs, next, nil
 }
 
 // AckRetries removes settled messages from the subscription's retry set.

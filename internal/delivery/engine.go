@@ -27,7 +27,7 @@ type Broker interface {
 	Read(ctx context.Context, s *core.Subscription, consumer string, count int, block time.Duration) ([]core.Message, bool, error)
 	Ack(ctx context.Context, subject, sub string, entryIDs ...string) error
 	Retry(ctx context.Context, s *core.Subscription, m *core.Message, due time.Time) error
-	ClaimRetries(ctx context.Context, s *core.Subscription, now time.Time, lease time.Duration, limit int) ([]core.Message, error)
+	ClaimRetries(ctx context.Context, s *core.Subscription, now time.Time, lease time.Duration, limit int) ([]core.Message, time.Time, error)
 	AckRetries(ctx context.Context, s *core.Subscription, ids ...string) error
 	DeadLetter(ctx context.Context, s *core.Subscription, m *core.Message, info core.DeadLetterInfo) error
 	Reclaim(ctx context.Context, s *core.Subscription, consumer string, minIdle time.Duration, limit int) (core.Reclaimed, error)
@@ -45,8 +45,6 @@ type Options struct {
 	RegistryPoll time.Duration
 	// Block bounds each XREADGROUP wait (default 1 s) so a stop is never held up by a read.
 	Block time.Duration
-	// RetryPoll is how often the durable retry set is checked for due messages (default 200 ms).
-	RetryPoll time.Duration
 }
 
 // Engine delivers every active subscription. Start it once; Shutdown it once (a second
@@ -88,9 +86,6 @@ func New(b Broker, opts Options) *Engine {
 	}
 	if opts.Block <= 0 {
 		opts.Block = time.Second
-	}
-	if opts.RetryPoll <= 0 {
-		opts.RetryPoll = 200 * time.Millisecond
 	}
 	abortCtx, abort := context.WithCancel(context.Background())
 	return &Engine{

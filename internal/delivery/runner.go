@@ -48,6 +48,9 @@ type runner struct {
 	stats   *Stats
 	log     *zap.Logger
 
+	// nextRetry is when the retry set should be looked at next (unix ms).
+	nextRetry atomic.Int64
+
 	stopOnce sync.Once
 	stopCh   chan struct{}
 	slots    chan struct{} // one token per free push slot (max_in_flight)
@@ -84,9 +87,8 @@ func (r *runner) start() {
 	r.e.wg.Add(1)
 	go func() {
 		defer r.e.wg.Done()
-		producers.Add(2)
-		go func() { defer producers.Done(); r.readLoop() }()
-		go func() { defer producers.Done(); r.maintainLoop() }()
+		producers.Add(1)
+		go func() { defer producers.Done(); r.loop() }()
 		for range r.sub.MaxInFlight {
 			workers.Add(1)
 			go func() { defer workers.Done(); r.work() }()
@@ -145,72 +147,48 @@ func (r *runner) dispatch(msgs []core.Message) {
 	}
 }
 
-func (r *runner) readLoop() {
+// loop is the runner's only producer. Each round it takes the free slots, then fills them
+// from the due retries, from entries a dead consumer left pending (every so often), and
+// from new stream entries, in that order. The stream read blocks only until the next retry
+// is due (at most Block), so a retry is never starved by an idle read holding every slot.
+func (r *runner) loop() {
 	var errs errThrottle
+	vt := time.Duration(r.sub.VisibilityTimeout)
+	reclaimEvery := min(max(vt/4, 250*time.Millisecond), 5*time.Second)
+	nextReclaim := time.Now()
 	for {
 		n := r.acquire(r.sub.MaxInFlight, true)
 		if n == 0 {
 			return
 		}
-		// Not cancelled by a stop: entries Redis hands out must reach a worker, and the
-		// short block bounds how long a stop waits for this call.
-		ctx, cancel := context.WithTimeout(context.Background(), r.e.opts.Block+settleTimeout)
-		msgs, recreated, err := r.e.b.Read(ctx, r.sub, r.e.consumer, n, r.e.opts.Block)
-		cancel()
-		if recreated {
-			r.log.Warn("consumer group was missing (stream deleted or flushed); recreated it from the beginning of the stream")
-		}
-		r.release(n - len(msgs))
-		if err != nil {
-			if r.stopping() {
-				return
-			}
-			errs.log(r.log, "read failed; retrying", err)
-			r.sleep(time.Second)
-			continue
-		}
-		errs.ok(r.log, "reading again")
-		r.dispatch(msgs)
-	}
-}
-
-// maintainLoop moves due retries into delivery and reclaims entries that a dead consumer
-// left pending longer than the visibility timeout.
-func (r *runner) maintainLoop() {
-	vt := time.Duration(r.sub.VisibilityTimeout)
-	reclaimEvery := min(max(vt/4, 250*time.Millisecond), 5*time.Second)
-	nextReclaim := time.Now()
-	t := time.NewTicker(r.e.opts.RetryPoll)
-	defer t.Stop()
-	var errs errThrottle
-	for {
-		select {
-		case <-r.stopCh:
-			return
-		case <-t.C:
-		}
 		now := time.Now()
-		if n := r.acquire(r.sub.MaxInFlight, false); n > 0 {
+		var failed error
+		if !now.Before(time.UnixMilli(r.nextRetry.Load())) {
 			ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
-			msgs, err := r.e.b.ClaimRetries(ctx, r.sub, now, vt, n)
+			msgs, next, err := r.e.b.ClaimRetries(ctx, r.sub, now, vt, n)
 			cancel()
-			r.release(n - len(msgs))
-			if err != nil && !r.stopping() {
-				errs.log(r.log, "claiming retries failed", err)
+			// Other processes schedule retries too: look again within RegistryPoll at most.
+			poll := now.Add(r.e.opts.RegistryPoll)
+			if next.IsZero() || next.After(poll) {
+				next = poll
 			}
+			if len(msgs) == n {
+				next = now // more may be due
+			}
+			r.nextRetry.Store(next.UnixMilli())
+			if err != nil {
+				failed = err
+			}
+			n -= len(msgs)
 			r.dispatch(msgs)
 		}
-		if now.Before(nextReclaim) {
-			continue
-		}
-		nextReclaim = now.Add(reclaimEvery)
-		if n := r.acquire(r.sub.MaxInFlight, false); n > 0 {
+		if n > 0 && !now.Before(nextReclaim) && failed == nil {
+			nextReclaim = now.Add(reclaimEvery)
 			ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
 			rc, err := r.e.b.Reclaim(ctx, r.sub, r.e.consumer, vt, n)
 			cancel()
-			r.release(n - len(rc.Messages))
-			if err != nil && !r.stopping() {
-				errs.log(r.log, "reclaim failed", err)
+			if err != nil {
+				failed = err
 			}
 			if len(rc.Lost) > 0 {
 				r.stats.Lost.Add(int64(len(rc.Lost)))
@@ -220,7 +198,48 @@ func (r *runner) maintainLoop() {
 			if len(rc.Messages) > 0 {
 				r.log.Info("reclaimed messages left pending by another consumer", zap.Int("count", len(rc.Messages)))
 			}
+			n -= len(rc.Messages)
 			r.dispatch(rc.Messages)
+		}
+		if n > 0 && failed == nil {
+			block := min(time.Until(time.UnixMilli(r.nextRetry.Load())), r.e.opts.Block)
+			if r.stopping() {
+				block = 0
+			}
+			// Not cancelled by a stop: entries Redis hands out must reach a worker, and the
+			// short block bounds how long a stop waits for this call.
+			ctx, cancel := context.WithTimeout(context.Background(), r.e.opts.Block+settleTimeout)
+			msgs, recreated, err := r.e.b.Read(ctx, r.sub, r.e.consumer, n, block)
+			cancel()
+			if recreated {
+				r.log.Warn("consumer group was missing (stream deleted or flushed); recreated it from the beginning of the stream")
+			}
+			if err != nil {
+				failed = err
+			}
+			n -= len(msgs)
+			r.dispatch(msgs)
+		}
+		r.release(n)
+		if failed != nil {
+			if r.stopping() {
+				return
+			}
+			errs.log(r.log, "reading from redis failed; retrying", failed)
+			r.sleep(time.Second)
+			continue
+		}
+		errs.ok(r.log, "reading from redis again")
+	}
+}
+
+// noteRetry makes the loop look at the retry set again by due.
+func (r *runner) noteRetry(due time.Time) {
+	ms := due.UnixMilli()
+	for {
+		cur := r.nextRetry.Load()
+		if cur <= ms || r.nextRetry.CompareAndSwap(cur, ms) {
+			return
 		}
 	}
 }
@@ -278,6 +297,7 @@ func (r *runner) handle(m *core.Message) {
 			return
 		}
 		r.stats.Retried.Add(1)
+		r.noteRetry(due)
 	case Drop, Gone:
 		r.deadLetter(m, core.ReasonDropped, res.status, res.errText)
 		if outcome == Gone {
