@@ -1,0 +1,165 @@
+package e2e
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/bridge-dev/bridge/internal/redistest"
+)
+
+// kill -9 of the binary, several times, while it delivers thousands of messages: every
+// message is pushed afterwards, none lost; duplicates are counted and reported.
+func TestKill9LosesNothing(t *testing.T) {
+	t.Parallel()
+	rs := redistest.Start(t, redistest.Options{})
+	br := startBridge(t, redisURL(rs))
+	rc := newReceiver(t, func(w http.ResponseWriter, _ push, _ int) {
+		time.Sleep(time.Duration(rand.IntN(3)) * time.Millisecond)
+		w.WriteHeader(204)
+	})
+	subject := uniq("crash")
+	br.subscribe("crash", fastSub(rc.URL, subject, map[string]any{
+		"timeout": "1s", "visibility_timeout": "2s", "max_in_flight": 32, "max_deliveries": 50,
+	}))
+	const n = 3000
+	// Publish straight into Redis so publishing does not depend on the process being killed.
+	ids := make([]string, 0, n)
+	for i := range n {
+		id, err := rs.Client(t).Do(ctxTODO, rs.Client(t).B().Xadd().Key(subject).Id("*").FieldValue().
+			FieldValue("_payload", strconv.Itoa(i)).FieldValue("h:content-type", "text/plain").Build()).ToString()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	for kill := range 4 {
+		target := (kill + 1) * n / 6
+		redistest.Eventually(t, 60*time.Second, func() bool { return rc.distinct() >= target }, "stalled at %d before kill %d", rc.distinct(), kill)
+		br.kill()
+		br.start()
+	}
+	redistest.Eventually(t, 90*time.Second, func() bool { return rc.distinct() == n }, "only %d of %d messages pushed", rc.distinct(), n)
+	redistest.Eventually(t, 10*time.Second, func() bool { return pendingCount(t, rs, subject, "crash") == 0 }, "entries left pending")
+	dups := rc.count() - n
+	t.Logf("kill -9 x4 while delivering %d messages: %d pushes, %d distinct, %d duplicates (%.2f%%)",
+		n, rc.count(), rc.distinct(), dups, 100*float64(dups)/n)
+	if len(br.deadLetters("crash").DeadLetters) != 0 {
+		t.Fatal("messages were dead-lettered")
+	}
+}
+
+// Redis (AOF always) killed and restarted mid-stream: publishes during the outage get 503,
+// everything answered 202 is delivered, and the bridge recovers by itself.
+func TestRedisRestartMidStream(t *testing.T) {
+	t.Parallel()
+	rs := redistest.Start(t, redistest.Options{AOF: true})
+	br := startBridge(t, redisURL(rs))
+	rc := newReceiver(t, nil)
+	subject := uniq("outage")
+	br.subscribe("outage", fastSub(rc.URL, subject, map[string]any{"timeout": "1s", "visibility_timeout": "3s"}))
+
+	var accepted sync.Map
+	var nAccepted, n503, nOther atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				code, id := br.publish(subject, []byte(fmt.Sprintf("%d-%d", w, i)))
+				switch code {
+				case http.StatusAccepted:
+					accepted.Store(id, true)
+					nAccepted.Add(1)
+				case http.StatusServiceUnavailable:
+					n503.Add(1)
+				default:
+					nOther.Add(1)
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+		}()
+	}
+	time.Sleep(time.Second)
+	rs.Kill(t)
+	time.Sleep(2 * time.Second)
+	rs.Restart(t)
+	time.Sleep(2 * time.Second)
+	close(stop)
+	wg.Wait()
+	if n503.Load() == 0 {
+		t.Fatal("no publish was answered 503 during the outage")
+	}
+	if nOther.Load() != 0 {
+		t.Fatalf("%d publishes got an answer other than 202 or 503", nOther.Load())
+	}
+	want := int(nAccepted.Load())
+	redistest.Eventually(t, 60*time.Second, func() bool {
+		missing := 0
+		accepted.Range(func(k, _ any) bool {
+			if len(rc.byID(k.(string))) == 0 {
+				missing++
+			}
+			return missing == 0
+		})
+		return missing == 0
+	}, "not every accepted message was delivered (%d accepted, %d distinct pushed)", want, rc.distinct())
+	t.Logf("redis restart: %d accepted, %d answered 503, %d pushes (%d distinct)", want, n503.Load(), rc.count(), rc.distinct())
+	code, _ := br.publish(subject, []byte("after"))
+	if code != http.StatusAccepted {
+		t.Fatalf("publish after recovery: %d", code)
+	}
+}
+
+// SIGTERM during in-flight pushes: they finish, the process exits 0 within the grace, and a
+// restart pushes nothing twice.
+func TestSigtermFinishesInFlight(t *testing.T) {
+	t.Parallel()
+	rs := redistest.Start(t, redistest.Options{})
+	br := startBridge(t, redisURL(rs), "BRIDGE_SHUTDOWN_GRACE=5s")
+	var started atomic.Int64
+	rc := newReceiver(t, func(w http.ResponseWriter, _ push, _ int) {
+		started.Add(1)
+		time.Sleep(800 * time.Millisecond)
+		w.WriteHeader(204)
+	})
+	subject := uniq("term")
+	br.subscribe("term", fastSub(rc.URL, subject, map[string]any{"timeout": "3s", "max_in_flight": 8}))
+	const n = 40
+	for i := range n {
+		if code, _ := br.publish(subject, []byte(strconv.Itoa(i))); code != http.StatusAccepted {
+			t.Fatalf("publish: %d", code)
+		}
+	}
+	redistest.Eventually(t, 10*time.Second, func() bool { return started.Load() >= 8 }, "pushes did not start")
+	code, took := br.terminate(10 * time.Second)
+	if code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	if took > 5*time.Second {
+		t.Fatalf("exit took %s, beyond the 5s grace", took)
+	}
+	before := rc.count()
+	if before < 8 {
+		t.Fatalf("only %d pushes finished", before)
+	}
+	br.start()
+	redistest.Eventually(t, 30*time.Second, func() bool { return rc.distinct() == n }, "%d of %d delivered after restart", rc.distinct(), n)
+	time.Sleep(time.Second)
+	if rc.count() != n {
+		t.Fatalf("%d pushes for %d messages: duplicates after a clean shutdown", rc.count(), n)
+	}
+	t.Logf("SIGTERM: exit 0 in %s with %d pushes done; %d delivered after restart, no duplicate", took.Round(time.Millisecond), before, n-before)
+}
