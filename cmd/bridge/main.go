@@ -129,4 +129,3 @@ func newLogger(cfg *config.Config) (*zap.Logger, error) {
 	zc.DisableStacktrace = level > zapcore.DebugLevel
 	return zc.Build()
 }
-

@@ -138,15 +138,17 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 		e.wg.Wait()
 		close(done)
 	}()
+	var err error
 	select {
 	case <-done:
-		e.abort()
-		return nil
 	case <-ctx.Done():
+		err = ctx.Err()
 		e.abort()
 		<-done
-		return ctx.Err()
 	}
+	e.abort()
+	e.client.CloseIdleConnections()
+	return err
 }
 
 // Stats returns this process's counters for a subscription, or nil if it never ran here.

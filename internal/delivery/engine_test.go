@@ -1,0 +1,85 @@
+package delivery_test
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/bridge-dev/bridge/internal/broker"
+	"github.com/bridge-dev/bridge/internal/core"
+	"github.com/bridge-dev/bridge/internal/delivery"
+	"github.com/bridge-dev/bridge/internal/redistest"
+	"github.com/bridge-dev/bridge/internal/webhook"
+	"go.uber.org/goleak"
+)
+
+var _ delivery.Broker = (*broker.Broker)(nil)
+
+func TestVerdictTable(t *testing.T) {
+	cases := map[int]delivery.Outcome{
+		0: delivery.Requeue, 200: delivery.Ack, 201: delivery.Ack, 204: delivery.Ack, 299: delivery.Ack,
+		301: delivery.Drop, 302: delivery.Drop, 304: delivery.Drop, 307: delivery.Drop,
+		400: delivery.Drop, 401: delivery.Drop, 403: delivery.Drop, 404: delivery.Drop, 409: delivery.Drop, 422: delivery.Drop,
+		408: delivery.Requeue, 425: delivery.Requeue, 429: delivery.Requeue,
+		410: delivery.Gone,
+		500: delivery.Requeue, 502: delivery.Requeue, 503: delivery.Requeue, 504: delivery.Requeue, 599: delivery.Requeue,
+		100: delivery.Drop,
+	}
+	for status, want := range cases {
+		if got := delivery.Verdict(status); got != want {
+			t.Errorf("Verdict(%d) = %s, want %s", status, got, want)
+		}
+	}
+}
+
+// The engine starts, delivers, and after Shutdown leaves no goroutine behind.
+func TestEngineDeliversAndStopsCleanly(t *testing.T) {
+	// Registered first, so it runs after every other cleanup (the Redis server's included).
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	rs := redistest.Start(t, redistest.Options{})
+	client := rs.Client(t)
+	b := broker.New(client)
+	var got atomic.Int64
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		got.Add(1)
+		w.WriteHeader(204)
+	}))
+	defer recv.Close()
+	secret, _ := webhook.NewSecret()
+	in := core.SubscriptionInput{Subject: "leak", URL: recv.URL, Secret: secret}
+	s, err := in.Build("leak")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := b.EnsureGroup(ctx, s.Subject, s.Name, s.Start); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.PutSubscription(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	e := delivery.New(b, delivery.Options{RegistryPoll: 50 * time.Millisecond, Block: 100 * time.Millisecond})
+	e.Start()
+	for range 20 {
+		if _, err := b.Publish(ctx, "leak", []byte("x"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	redistest.Eventually(t, 10*time.Second, func() bool { return got.Load() == 20 }, "delivered %d of 20", got.Load())
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := e.Shutdown(sctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Shutdown(sctx); err != nil {
+		t.Fatal("second Shutdown:", err)
+	}
+	if st := e.LocalStats("leak"); st.Delivered != 20 || st.InFlight != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	client.Close()
+	recv.Close()
+}

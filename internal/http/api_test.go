@@ -1,0 +1,259 @@
+package httpapi_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/bridge-dev/bridge/api"
+	"github.com/bridge-dev/bridge/internal/broker"
+	"github.com/bridge-dev/bridge/internal/core"
+	httpapi "github.com/bridge-dev/bridge/internal/http"
+	"github.com/bridge-dev/bridge/internal/netguard"
+	"github.com/bridge-dev/bridge/internal/redistest"
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
+	"github.com/getkin/kin-openapi/routers/legacy"
+	"github.com/go-chi/chi/v5"
+)
+
+type idleEngine struct{}
+
+func (idleEngine) Running() bool                     { return true }
+func (idleEngine) LocalStats(string) core.LocalStats { return core.LocalStats{} }
+func isDenied(err error) bool                        { return errors.Is(err, netguard.ErrDenied) }
+func newAPI(t *testing.T, rs *redistest.Server) http.Handler {
+	t.Helper()
+	allow, _ := netguard.ParseCIDRs("127.0.0.1/32")
+	return httpapi.NewHandler(broker.New(rs.Client(t)), idleEngine{}, httpapi.Options{
+		MaxBody: 1024, Guard: netguard.New(allow), IsDenied: isDenied, OpenAPI: api.OpenAPI,
+	})
+}
+
+func loadDoc(t *testing.T) (*openapi3.T, routers.Router) {
+	t.Helper()
+	doc, err := openapi3.NewLoader().LoadFromData(api.OpenAPI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := doc.Validate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	doc.Servers = nil
+	router, err := legacy.NewRouter(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return doc, router
+}
+
+// Every route the router serves is in api/openapi.yaml, and every documented operation is served.
+func TestOpenAPIMatchesRouter(t *testing.T) {
+	doc, _ := loadDoc(t)
+	h := httpapi.NewHandler(nil, idleEngine{}, httpapi.Options{})
+	served := map[string]bool{}
+	err := chi.Walk(h.(chi.Routes), func(method, route string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {
+		if route != "/" {
+			route = strings.TrimSuffix(route, "/")
+		}
+		served[method+" "+route] = true
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := map[string]bool{}
+	for path, item := range doc.Paths.Map() {
+		for method := range item.Operations() {
+			documented[method+" "+path] = true
+		}
+	}
+	var missing, extra []string
+	for r := range served {
+		if !documented[r] {
+			missing = append(missing, r)
+		}
+	}
+	for r := range documented {
+		if !served[r] {
+			extra = append(extra, r)
+		}
+	}
+	sort.Strings(missing)
+	sort.Strings(extra)
+	if len(missing)+len(extra) > 0 {
+		t.Fatalf("served but not documented: %v\ndocumented but not served: %v", missing, extra)
+	}
+}
+
+type call struct {
+	name, method, path, body string
+	header                   map[string]string
+	status                   int
+	code                     string
+}
+
+func (c call) do(t *testing.T, srv *httptest.Server, router routers.Router) []byte {
+	t.Helper()
+	var body io.Reader
+	if c.body != "" {
+		body = strings.NewReader(c.body)
+	}
+	req, _ := http.NewRequest(c.method, srv.URL+c.path, body)
+	if c.body != "" && c.header["Content-Type"] == "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for k, v := range c.header {
+		req.Header.Set(k, v)
+	}
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != c.status {
+		t.Fatalf("%s: status %d, want %d: %s", c.name, resp.StatusCode, c.status, raw)
+	}
+	if c.code != "" && !bytes.Contains(raw, []byte(`"code":"`+c.code+`"`)) {
+		t.Fatalf("%s: want code %s, got %s", c.name, c.code, raw)
+	}
+	if !strings.Contains(resp.Header.Get("Content-Type"), "json") && resp.StatusCode != 204 {
+		return raw // the YAML document itself
+	}
+	// The answer must match the documented response for that operation.
+	vreq, _ := http.NewRequest(c.method, "http://bridge"+c.path, nil)
+	route, params, err := router.FindRoute(vreq)
+	if err != nil {
+		if c.status == 404 || c.status == 405 {
+			return raw
+		}
+		t.Fatalf("%s: route not in the document: %v", c.name, err)
+	}
+	in := &openapi3filter.ResponseValidationInput{
+		RequestValidationInput: &openapi3filter.RequestValidationInput{Request: vreq, PathParams: params, Route: route,
+			Options: &openapi3filter.Options{ExcludeRequestBody: true}},
+		Status: resp.StatusCode, Header: resp.Header, Body: io.NopCloser(bytes.NewReader(raw)),
+		Options: &openapi3filter.Options{IncludeResponseStatus: true},
+	}
+	if err := openapi3filter.ValidateResponse(context.Background(), in); err != nil {
+		t.Fatalf("%s: response does not match the OpenAPI document: %v\n%s", c.name, err, raw)
+	}
+	return raw
+}
+
+// Bad requests through the real server and a real Redis: each gets its status and code,
+// and none writes anything (DBSIZE unchanged). Every answer validates against the document.
+func TestBadRequestsWriteNothing(t *testing.T) {
+	rs := redistest.Start(t, redistest.Options{})
+	_, router := loadDoc(t)
+	srv := httptest.NewServer(newAPI(t, rs))
+	t.Cleanup(srv.Close)
+	rs.Do(t, "SET", "plain-string", "x")
+	rs.Do(t, "HSET", "bridge:subscriptions", "existing", `{"name":"existing","subject":"orders","url":"http://127.0.0.1:1/","transport":"stream","max_deliveries":5,"retry":{"min_backoff":"1s","max_backoff":"10m"},"timeout":"30s","visibility_timeout":"1m","max_in_flight":16,"secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","headers":{}}`)
+	before := rs.DBSize(t)
+	sub := func(extra string) string {
+		return `{"subject":"orders","url":"http://127.0.0.1:9/"` + extra + `}`
+	}
+	cases := []call{
+		{name: "subject with space", method: "POST", path: "/v1/subjects/a%20b/messages", body: "x", status: 400, code: "invalid_subject"},
+		{name: "subject with brace", method: "POST", path: "/v1/subjects/%7Bx%7D/messages", body: "x", status: 400, code: "invalid_subject"},
+		{name: "subject with star", method: "POST", path: "/v1/subjects/a*/messages", body: "x", status: 400, code: "invalid_subject"},
+		{name: "subject starting with dot", method: "POST", path: "/v1/subjects/.a/messages", body: "x", status: 400, code: "invalid_subject"},
+		{name: "subject too long", method: "POST", path: "/v1/subjects/" + strings.Repeat("a", 201) + "/messages", body: "x", status: 400, code: "invalid_subject"},
+		{name: "body too large", method: "POST", path: "/v1/subjects/a/messages", body: strings.Repeat("x", 1025), status: 413, code: "payload_too_large"},
+		{name: "unknown transport", method: "POST", path: "/v1/subjects/a/messages?transport=kafka", body: "x", status: 400, code: "invalid_query"},
+		{name: "list transport", method: "POST", path: "/v1/subjects/a/messages?transport=list", body: "x", status: 400, code: "unsupported_transport"},
+		{name: "idempotency key", method: "POST", path: "/v1/subjects/a/messages", body: "x", header: map[string]string{"Idempotency-Key": "k"}, status: 400, code: "not_implemented"},
+		{name: "forward host", method: "POST", path: "/v1/subjects/a/messages", body: "x", header: map[string]string{"Bridge-Forward-Host": "evil"}, status: 400, code: "invalid_header"},
+		{name: "forward webhook-id", method: "POST", path: "/v1/subjects/a/messages", body: "x", header: map[string]string{"Bridge-Forward-Webhook-Id": "x"}, status: 400, code: "invalid_header"},
+		{name: "forward content-length", method: "POST", path: "/v1/subjects/a/messages", body: "x", header: map[string]string{"Bridge-Forward-Content-Length": "1"}, status: 400, code: "invalid_header"},
+		{name: "wrong type key", method: "POST", path: "/v1/subjects/plain-string/messages", body: "x", status: 409, code: "wrong_type"},
+		{name: "bad name", method: "PUT", path: "/v1/subscriptions/-x", body: sub(""), status: 400, code: "invalid_name"},
+		{name: "not json", method: "PUT", path: "/v1/subscriptions/s", body: "{", status: 400, code: "invalid_json"},
+		{name: "unknown field", method: "PUT", path: "/v1/subscriptions/s", body: sub(`,"colour":"red"`), status: 400, code: "invalid_json"},
+		{name: "two objects", method: "PUT", path: "/v1/subscriptions/s", body: sub("") + sub(""), status: 400, code: "invalid_json"},
+		{name: "missing subject", method: "PUT", path: "/v1/subscriptions/s", body: `{"url":"http://127.0.0.1:9/"}`, status: 400, code: "invalid_subscription"},
+		{name: "missing url", method: "PUT", path: "/v1/subscriptions/s", body: `{"subject":"orders"}`, status: 400, code: "invalid_subscription"},
+		{name: "ftp url", method: "PUT", path: "/v1/subscriptions/s", body: `{"subject":"orders","url":"ftp://example.com/"}`, status: 400, code: "invalid_url"},
+		{name: "userinfo url", method: "PUT", path: "/v1/subscriptions/s", body: `{"subject":"orders","url":"http://u:p@example.com/"}`, status: 400, code: "invalid_url"},
+		{name: "metadata url", method: "PUT", path: "/v1/subscriptions/s", body: `{"subject":"orders","url":"http://169.254.169.254/"}`, status: 400, code: "target_not_allowed"},
+		{name: "private url", method: "PUT", path: "/v1/subscriptions/s", body: `{"subject":"orders","url":"http://192.168.1.1/"}`, status: 400, code: "target_not_allowed"},
+		{name: "timeout too small", method: "PUT", path: "/v1/subscriptions/s", body: sub(`,"timeout":"1ms"`), status: 400, code: "invalid_subscription"},
+		{name: "visibility below timeout", method: "PUT", path: "/v1/subscriptions/s", body: sub(`,"timeout":"10s","visibility_timeout":"5s"`), status: 400, code: "invalid_subscription"},
+		{name: "max_deliveries 0", method: "PUT", path: "/v1/subscriptions/s", body: sub(`,"max_deliveries":0`), status: 400, code: "invalid_subscription"},
+		{name: "max_in_flight huge", method: "PUT", path: "/v1/subscriptions/s", body: sub(`,"max_in_flight":100000`), status: 400, code: "invalid_subscription"},
+		{name: "backoff inverted", method: "PUT", path: "/v1/subscriptions/s", body: sub(`,"retry":{"min_backoff":"10s","max_backoff":"1s"}`), status: 400, code: "invalid_subscription"},
+		{name: "bad duration", method: "PUT", path: "/v1/subscriptions/s", body: sub(`,"timeout":"soon"`), status: 400, code: "invalid_json"},
+		{name: "bad start", method: "PUT", path: "/v1/subscriptions/s", body: sub(`,"start":"yesterday"`), status: 400, code: "invalid_subscription"},
+		{name: "bad static header", method: "PUT", path: "/v1/subscriptions/s", body: sub(`,"headers":{"Bad Name":"x"}`), status: 400, code: "invalid_subscription"},
+		{name: "static webhook header", method: "PUT", path: "/v1/subscriptions/s", body: sub(`,"headers":{"webhook-signature":"x"}`), status: 400, code: "invalid_subscription"},
+		{name: "static header CRLF", method: "PUT", path: "/v1/subscriptions/s", body: sub(`,"headers":{"X-A":"a\r\nX-B: b"}`), status: 400, code: "invalid_subscription"},
+		{name: "bad secret", method: "PUT", path: "/v1/subscriptions/s", body: sub(`,"secret":"hunter2"`), status: 400, code: "invalid_secret"},
+		{name: "unsupported transport", method: "PUT", path: "/v1/subscriptions/s", body: sub(`,"transport":"list"`), status: 400, code: "invalid_subscription"},
+		{name: "subject change", method: "PUT", path: "/v1/subscriptions/existing", body: `{"subject":"payments","url":"http://127.0.0.1:9/"}`, status: 409, code: "subject_immutable"},
+		{name: "subject holds a string", method: "PUT", path: "/v1/subscriptions/s", body: `{"subject":"plain-string","url":"http://127.0.0.1:9/"}`, status: 409, code: "wrong_type"},
+		{name: "get missing", method: "GET", path: "/v1/subscriptions/nope", status: 404, code: "not_found"},
+		{name: "delete missing", method: "DELETE", path: "/v1/subscriptions/nope", status: 404, code: "not_found"},
+		{name: "pause missing", method: "POST", path: "/v1/subscriptions/nope/pause", status: 404, code: "not_found"},
+		{name: "secret missing", method: "GET", path: "/v1/subscriptions/nope/secret", status: 404, code: "not_found"},
+		{name: "dead letters bad limit", method: "GET", path: "/v1/subscriptions/existing/dead-letters?limit=0", status: 400, code: "invalid_query"},
+		{name: "dead letters bad after", method: "GET", path: "/v1/subscriptions/existing/dead-letters?after=abc", status: 400, code: "invalid_query"},
+		{name: "replay bad json", method: "POST", path: "/v1/subscriptions/existing/dead-letters/replay", body: `{"ids":"x"}`, status: 400, code: "invalid_json"},
+		{name: "unknown route", method: "GET", path: "/v2/whatever", status: 404, code: "not_found"},
+		{name: "wrong method", method: "PATCH", path: "/v1/subscriptions/existing", status: 405, code: "method_not_allowed"},
+	}
+	for _, c := range cases {
+		c.do(t, srv, router)
+	}
+	if after := rs.DBSize(t); after != before {
+		t.Fatalf("DBSIZE %d -> %d after %d refused requests", before, after, len(cases))
+	}
+	t.Logf("%d refused requests, DBSIZE unchanged at %d", len(cases), before)
+}
+
+// The successful answers of every route validate against the document.
+func TestSuccessfulResponsesMatchDocument(t *testing.T) {
+	rs := redistest.Start(t, redistest.Options{})
+	_, router := loadDoc(t)
+	srv := httptest.NewServer(newAPI(t, rs))
+	t.Cleanup(srv.Close)
+	for _, c := range []call{
+		{name: "healthz", method: "GET", path: "/healthz", status: 200},
+		{name: "readyz", method: "GET", path: "/readyz", status: 200},
+		{name: "openapi", method: "GET", path: "/openapi.yaml", status: 200},
+		{name: "create", method: "PUT", path: "/v1/subscriptions/s1", body: `{"subject":"orders","url":"http://127.0.0.1:9/","headers":{"Authorization":"Bearer fn"}}`, status: 201},
+		{name: "replace", method: "PUT", path: "/v1/subscriptions/s1", body: `{"subject":"orders","url":"http://127.0.0.1:9/x","timeout":5}`, status: 200},
+		{name: "publish", method: "POST", path: "/v1/subjects/orders/messages", body: "hi", header: map[string]string{"Content-Type": "text/plain"}, status: 202},
+		{name: "list", method: "GET", path: "/v1/subscriptions", status: 200},
+		{name: "get", method: "GET", path: "/v1/subscriptions/s1", status: 200},
+		{name: "pause", method: "POST", path: "/v1/subscriptions/s1/pause", status: 200},
+		{name: "resume", method: "POST", path: "/v1/subscriptions/s1/resume", status: 200},
+		{name: "secret", method: "GET", path: "/v1/subscriptions/s1/secret", status: 200},
+		{name: "dead letters", method: "GET", path: "/v1/subscriptions/s1/dead-letters?limit=10", status: 200},
+		{name: "replay all", method: "POST", path: "/v1/subscriptions/s1/dead-letters/replay", status: 200},
+		{name: "replay some", method: "POST", path: "/v1/subscriptions/s1/dead-letters/replay", body: `{"ids":["orders:1-0"]}`, status: 200},
+		{name: "delete", method: "DELETE", path: "/v1/subscriptions/s1", status: 204},
+	} {
+		raw := c.do(t, srv, router)
+		if c.name == "list" || c.name == "get" || c.name == "pause" {
+			if bytes.Contains(raw, []byte("whsec_")) {
+				t.Fatalf("%s reveals the secret: %s", c.name, raw)
+			}
+		}
+	}
+	// The "orders" stream and the registry (holding only its version) remain; nothing of s1 does.
+	keys, _ := rs.Do(t, "KEYS", "*").AsStrSlice()
+	fields, _ := rs.Do(t, "HKEYS", "bridge:subscriptions").AsStrSlice()
+	groups, _ := rs.Do(t, "XINFO", "GROUPS", "orders").ToArray()
+	if len(keys) != 2 || len(fields) != 1 || fields[0] != "_version" || len(groups) != 0 {
+		t.Fatalf("after delete: keys %v, registry fields %v, %d groups", keys, fields, len(groups))
+	}
+}
