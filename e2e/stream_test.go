@@ -265,3 +265,34 @@ func TestReplayReachesOnlyItsSubscription(t *testing.T) {
 		t.Fatalf("replayed push: count %d id %s", p.Count, p.Header.Get("Webhook-Id"))
 	}
 }
+
+// DELETE stops delivery for good: nothing is pushed again, no group or retry key remains,
+// and a new subscription of the same name starts fresh.
+func TestDeleteStopsDelivery(t *testing.T) {
+	t.Parallel()
+	rs := redistest.Start(t, redistest.Options{})
+	br := startBridge(t, redisURL(rs))
+	rc := newReceiver(t, nil)
+	subject := uniq("del")
+	br.subscribe("del", fastSub(rc.URL, subject, nil))
+	for i := range 20 {
+		br.publish(subject, []byte(fmt.Sprint(i)))
+	}
+	redistest.Eventually(t, 10*time.Second, func() bool { return rc.count() == 20 }, "got %d", rc.count())
+	if code := br.do("DELETE", "/v1/subscriptions/del", nil, nil); code != 204 {
+		t.Fatalf("delete: %d", code)
+	}
+	time.Sleep(2500 * time.Millisecond)
+	if rc.count() != 20 {
+		t.Fatalf("%d pushes after delete, want 20", rc.count())
+	}
+	if groups, _ := rs.Do(t, "XINFO", "GROUPS", subject).ToArray(); len(groups) != 0 {
+		t.Fatalf("%d consumer groups left after delete", len(groups))
+	}
+	br.subscribe("del", fastSub(rc.URL, subject, nil)) // start: new
+	_, id := br.publish(subject, []byte("fresh"))
+	redistest.Eventually(t, 10*time.Second, func() bool { return rc.count() == 21 }, "got %d", rc.count())
+	if len(rc.byID(id)) != 1 {
+		t.Fatal("the new subscription did not start at new")
+	}
+}

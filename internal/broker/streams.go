@@ -72,10 +72,8 @@ func isNoKey(err error) bool {
 }
 
 // Read hands out up to count new entries of the subscription's group to consumer,
-// blocking up to block when there are none. A group that vanished (the stream was deleted
-// or flushed) is recreated from the beginning of whatever stream now exists, and
-// recreated reports it so the caller can alert.
-func (b *Broker) Read(ctx context.Context, s *core.Subscription, consumer string, count int, block time.Duration) (msgs []core.Message, recreated bool, err error) {
+// blocking up to block when there are none (a block under 1 ms does not block).
+func (b *Broker) Read(ctx context.Context, s *core.Subscription, consumer string, count int, block time.Duration) ([]core.Message, error) {
 	// BLOCK 0 would wait forever: below a millisecond the read does not block at all.
 	var cmd rueidis.Completed
 	if ms := block.Milliseconds(); ms > 0 {
@@ -87,25 +85,22 @@ func (b *Broker) Read(ctx context.Context, s *core.Subscription, consumer string
 	}
 	res, err := b.c.Do(ctx, cmd).AsXRead()
 	if rueidis.IsRedisNil(err) {
-		return nil, false, nil
+		return nil, nil
 	}
 	if isNoGroup(err) {
-		if _, cerr := b.EnsureGroup(ctx, s.Subject, s.Name, "beginning"); cerr != nil {
-			return nil, false, cerr
-		}
-		return nil, true, nil
+		return nil, fmt.Errorf("xreadgroup %s %s: %w", s.Subject, groupName(s.Name), core.ErrNoGroup)
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("xreadgroup %s: %w", s.Subject, classify(err))
+		return nil, fmt.Errorf("xreadgroup %s: %w", s.Subject, classify(err))
 	}
 	entries := res[s.Subject]
-	msgs = make([]core.Message, 0, len(entries))
+	msgs := make([]core.Message, 0, len(entries))
 	for _, e := range entries {
 		m := DecodeEntry(s.Subject, e)
 		m.Deliveries = 1
 		msgs = append(msgs, m)
 	}
-	return msgs, false, nil
+	return msgs, nil
 }
 
 // DecodeEntry turns a stream entry into a message. Entries in ruststream-fred's layout give

@@ -17,6 +17,9 @@ var (
 	ErrWrongType = errors.New("key holds the wrong kind of value")
 	// ErrUnavailable: Redis could not be reached or refused the write (OOM, loading).
 	ErrUnavailable = errors.New("redis unavailable")
+	// ErrNoGroup: a subscription's consumer group does not exist; the stream was deleted or
+	// flushed, or the subscription was deleted meanwhile. Only the caller can tell which.
+	ErrNoGroup = errors.New("consumer group does not exist")
 	// ErrConflict: the request contradicts existing state (for example a subject change).
 	ErrConflict = errors.New("conflict")
 )

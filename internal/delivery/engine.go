@@ -24,7 +24,10 @@ type Broker interface {
 	ListSubscriptions(ctx context.Context) ([]*core.Subscription, int64, error)
 	SubscriptionsVersion(ctx context.Context) (int64, error)
 	PauseSubscription(ctx context.Context, name, reason string) error
-	Read(ctx context.Context, s *core.Subscription, consumer string, count int, block time.Duration) ([]core.Message, bool, error)
+	// Read returns an error wrapping ErrNoGroup when the subscription's group is missing.
+	Read(ctx context.Context, s *core.Subscription, consumer string, count int, block time.Duration) ([]core.Message, error)
+	GetSubscription(ctx context.Context, name string) (*core.Subscription, error)
+	EnsureGroup(ctx context.Context, subject, sub, start string) (bool, error)
 	Ack(ctx context.Context, subject, sub string, entryIDs ...string) error
 	Retry(ctx context.Context, s *core.Subscription, m *core.Message, due time.Time) error
 	ClaimRetries(ctx context.Context, s *core.Subscription, now time.Time, lease time.Duration, limit int) ([]core.Message, time.Time, error)

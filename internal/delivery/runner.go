@@ -209,10 +209,10 @@ func (r *runner) loop() {
 			// Not cancelled by a stop: entries Redis hands out must reach a worker, and the
 			// short block bounds how long a stop waits for this call.
 			ctx, cancel := context.WithTimeout(context.Background(), r.e.opts.Block+settleTimeout)
-			msgs, recreated, err := r.e.b.Read(ctx, r.sub, r.e.consumer, n, block)
+			msgs, err := r.e.b.Read(ctx, r.sub, r.e.consumer, n, block)
 			cancel()
-			if recreated {
-				r.log.Warn("consumer group was missing (stream deleted or flushed); recreated it from the beginning of the stream")
+			if errors.Is(err, core.ErrNoGroup) {
+				err = r.recreateGroup()
 			}
 			if err != nil {
 				failed = err
@@ -231,6 +231,28 @@ func (r *runner) loop() {
 		}
 		errs.ok(r.log, "reading from redis again")
 	}
+}
+
+// recreateGroup answers a missing consumer group. If the subscription still exists the
+// stream was deleted or flushed under it: the group is recreated from the beginning of
+// whatever stream exists now, so nothing published since is missed. If it was deleted (or
+// replaced), the group is gone on purpose and this runner just stops reading.
+func (r *runner) recreateGroup() error {
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	defer cancel()
+	cur, err := r.e.b.GetSubscription(ctx, r.sub.Name)
+	if errors.Is(err, core.ErrNotFound) || (err == nil && (cur.Subject != r.sub.Subject || !cur.CreatedAt.Equal(r.sub.CreatedAt))) {
+		r.stopReading()
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := r.e.b.EnsureGroup(ctx, r.sub.Subject, r.sub.Name, "beginning"); err != nil {
+		return err
+	}
+	r.log.Warn("consumer group was missing (stream deleted or flushed); recreated it from the beginning of the stream")
+	return nil
 }
 
 // noteRetry makes the loop look at the retry set again by due.

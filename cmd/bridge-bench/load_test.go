@@ -1,0 +1,55 @@
+package main
+
+import (
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+)
+
+// The histogram's quantiles must stay within its bucket resolution of the
+// exact ones, or the reported p99 is meaningless.
+func TestHistogramQuantiles(t *testing.T) {
+	var h histogram
+	vals := make([]time.Duration, 100000)
+	for i := range vals {
+		vals[i] = time.Duration(rand.ExpFloat64() * float64(2*time.Millisecond))
+		h.record(vals[i])
+	}
+	slices.Sort(vals)
+	for _, q := range []float64{0.5, 0.9, 0.99, 0.999} {
+		exact := vals[int(q*float64(len(vals)))-1]
+		got := h.quantile(q)
+		if diff := float64(got-exact) / float64(exact); diff > 0.02 || diff < -0.02 {
+			t.Errorf("q%.3f = %s, exact %s (%.1f%% off)", q, got, exact, 100*diff)
+		}
+	}
+	if h.maxValue() != vals[len(vals)-1] {
+		t.Errorf("max = %s, want %s", h.maxValue(), vals[len(vals)-1])
+	}
+}
+
+func TestHistBucketsContiguous(t *testing.T) {
+	prevHi := uint64(0)
+	for b := 1; b < histBuckets; b++ {
+		lo, hi := histBounds(b)
+		if lo != prevHi+1 || hi < lo {
+			t.Fatalf("bucket %d = [%d, %d], previous ended at %d", b, lo, hi, prevHi)
+		}
+		if histBucket(lo) != b || histBucket(hi) != b {
+			t.Fatalf("bucket %d bounds map to %d, %d", b, histBucket(lo), histBucket(hi))
+		}
+		prevHi = hi
+		if hi == ^uint64(0) {
+			break
+		}
+	}
+}
+
+func TestNum(t *testing.T) {
+	for in, want := range map[float64]string{0: "0", 999: "999", 1000: "1,000", 1234567.4: "1,234,567"} {
+		if got := num(in); got != want {
+			t.Errorf("num(%v) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -1,0 +1,782 @@
+// Command bridge-bench is the bridge's self-contained load test (`make bench`).
+//
+// It starts its own redis-server and bridge on loopback ports, measures raw
+// XADD with redis-benchmark as the ceiling, then drives the bridge through
+// three phases (publish only, publish-to-push end to end, and draining a
+// backlog), and prints one table comparing the results with the reference
+// numbers of a minimal implementation. Every phase is bounded in time, and
+// every child process is stopped on exit, error or Ctrl-C.
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Reference numbers of minimal implementations on the reference machine (from
+// the performance issue); the bridge should reach targetShare of each.
+const (
+	refPublishRPS = 27000.0 // minimal publish handler, req/s
+	refDrainRPS   = 31000.0 // minimal consume-push-ack loop, pushes/s
+	refE2ERPS     = 13000.0 // minimal end to end, msg/s
+	refE2EP99     = 12 * time.Millisecond
+	targetShare   = 0.8
+)
+
+const (
+	baselineRequests = 200000
+	baselinePipeline = 16
+	readyTimeout     = 30 * time.Second
+	deliveryTimeout  = 60 * time.Second // pushes must catch up with publishes within this
+	pickupTimeout    = 10 * time.Second // a new subscription must start pushing within this
+	settleTime       = 500 * time.Millisecond
+	shutdownGrace    = 5 * time.Second
+	afterDelete      = time.Second // how long a deleted subscription is watched for stray pushes
+)
+
+type options struct {
+	bridge      string
+	redisServer string
+	duration    time.Duration
+	conns       int
+	size        int
+	maxInFlight int
+	drainN      int
+	json        bool
+}
+
+func parseFlags() options {
+	var o options
+	flag.StringVar(&o.bridge, "bridge", "", "bridge binary to test (default: go build ./cmd/bridge into a temp dir)")
+	flag.StringVar(&o.redisServer, "redis-server", "redis-server", "redis-server binary")
+	flag.DurationVar(&o.duration, "duration", 10*time.Second, "length of the publish and end-to-end phases")
+	flag.IntVar(&o.conns, "conns", 50, "concurrent keep-alive publisher connections")
+	flag.IntVar(&o.size, "size", 256, "message body size in bytes (at least 16)")
+	flag.IntVar(&o.maxInFlight, "max-in-flight", 256, "max_in_flight of the benchmark subscriptions")
+	flag.IntVar(&o.drainN, "drain-n", 100000, "messages in the drain phase's backlog")
+	flag.BoolVar(&o.json, "json", false, "also print the results as JSON")
+	flag.Parse()
+	switch {
+	case o.duration <= 0 || o.duration > time.Hour:
+		usageError("-duration must be between 0 and 1h")
+	case o.conns < 1 || o.conns > 10000:
+		usageError("-conns must be between 1 and 10000")
+	case o.size < bodyHeader || o.size > 1<<20:
+		usageError(fmt.Sprintf("-size must be between %d and 1048576", bodyHeader))
+	case o.maxInFlight < 1:
+		usageError("-max-in-flight must be at least 1")
+	case o.drainN < 1 || o.drainN > 10_000_000:
+		usageError("-drain-n must be between 1 and 10000000")
+	}
+	return o
+}
+
+func usageError(msg string) {
+	fmt.Fprintln(os.Stderr, "bridge-bench:", msg)
+	os.Exit(2)
+}
+
+// results is everything one run measured; it is also the -json output.
+type results struct {
+	Options struct {
+		Duration    string `json:"duration"`
+		Conns       int    `json:"conns"`
+		Size        int    `json:"size"`
+		MaxInFlight int    `json:"max_in_flight"`
+		DrainN      int    `json:"drain_n"`
+		CPUs        int    `json:"cpus"`
+	} `json:"options"`
+	Baseline struct {
+		XAddPerSec          float64 `json:"xadd_per_sec"`
+		XAddPipelinedPerSec float64 `json:"xadd_pipelined_per_sec"`
+		Note                string  `json:"note,omitempty"`
+	} `json:"baseline"`
+	Publish *publishResult `json:"publish,omitempty"`
+	E2E     *e2eResult     `json:"e2e,omitempty"`
+	Drain   *drainResult   `json:"drain,omitempty"`
+	// CPU is the cores each process (bridge, redis, bench) used per phase,
+	// over the phase's busy window only (publishing, or pushing until the
+	// last message arrived), so idle waits do not dilute it.
+	CPU    map[string]map[string]float64 `json:"cpu_cores"`
+	Bridge struct {
+		PeakRSS     uint64        `json:"peak_rss_bytes"`
+		RSS         uint64        `json:"rss_bytes"`
+		ExitCode    int           `json:"exit_code"`
+		Shutdown    time.Duration `json:"shutdown_ns"`
+		Killed      bool          `json:"killed"`
+		LogLines    int           `json:"log_lines"`
+		LogSummary  []string      `json:"log_summary,omitempty"`
+		StartupTime time.Duration `json:"startup_ns"`
+	} `json:"bridge"`
+	// Problems are observations that point at a bug (failed phases, lost or
+	// duplicated messages, publish errors, a bad exit); any makes the exit
+	// status 1.
+	Problems []string `json:"problems"`
+}
+
+type e2eResult struct {
+	Publish      publishResult `json:"publish"`
+	Received     uint64        `json:"received"`
+	Pushes       uint64        `json:"pushes"` // duplicates included
+	Duplicates   uint64        `json:"duplicates"`
+	PushesPerSec float64       `json:"pushes_per_sec"`
+	P50          time.Duration `json:"p50_ns"`
+	P99          time.Duration `json:"p99_ns"`
+	Max          time.Duration `json:"max_ns"`
+	Pickup       time.Duration `json:"pickup_ns"` // PUT to the first push of the warm-up message
+	Complete     bool          `json:"complete"`
+}
+
+type drainResult struct {
+	Publish      publishResult `json:"publish"`
+	Received     uint64        `json:"received"`
+	Duplicates   uint64        `json:"duplicates"`
+	PushesPerSec float64       `json:"pushes_per_sec"`    // first push to last push
+	ResumeToLast time.Duration `json:"resume_to_last_ns"` // resume call to last push
+	Pickup       time.Duration `json:"pickup_ns"`         // resume call to first push
+	Complete     bool          `json:"complete"`
+}
+
+func main() {
+	o := parseFlags()
+	// The first Ctrl-C cancels ctx: phases stop, children are stopped in
+	// order. A second one kills the benchmark (and, on Linux, its children
+	// through Pdeathsig).
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	res, err := run(ctx, o)
+	stop()
+	if res != nil {
+		printTable(os.Stdout, res)
+		if o.json {
+			enc := json.NewEncoder(os.Stdout)
+			enc.SetIndent("", "  ")
+			_ = enc.Encode(res)
+		}
+	}
+	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			err = errors.New("interrupted; the results above are partial")
+		}
+		fmt.Fprintln(os.Stderr, "bridge-bench:", err)
+		os.Exit(1)
+	}
+	if len(res.Problems) > 0 {
+		os.Exit(1)
+	}
+}
+
+// bench is one run's shared state, handed to the phases.
+type bench struct {
+	o         options
+	api       *apiClient
+	redisAddr string
+	problem   func(format string, args ...any)
+	meter     cpuMeter
+	cpu       map[string]map[string]float64 // results.CPU
+}
+
+func run(ctx context.Context, o options) (res *results, err error) {
+	res = &results{Problems: []string{}}
+	res.Options.Duration = o.duration.String()
+	res.Options.Conns, res.Options.Size, res.Options.MaxInFlight, res.Options.DrainN = o.conns, o.size, o.maxInFlight, o.drainN
+	res.Options.CPUs = runtime.NumCPU()
+	problem := func(format string, args ...any) {
+		res.Problems = append(res.Problems, fmt.Sprintf(format, args...))
+	}
+
+	dir, err := os.MkdirTemp("", "bridge-bench-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+
+	redisBin, err := exec.LookPath(o.redisServer)
+	if err != nil {
+		return nil, fmt.Errorf("%s not found (run scripts/ensure-redis.sh): %w", o.redisServer, err)
+	}
+	bridgeBin := o.bridge
+	if bridgeBin == "" {
+		step("building ./cmd/bridge")
+		if bridgeBin, err = buildBridge(ctx, dir); err != nil {
+			return nil, err
+		}
+	}
+
+	step("starting redis-server")
+	redis, redisAddr, err := startRedis(ctx, redisBin, dir)
+	if err != nil {
+		return nil, err
+	}
+	defer redis.kill()
+
+	// Baseline: the same XADD the bridge issues, straight from redis-benchmark.
+	// It is the ceiling for the publish phase.
+	if benchBin, err := lookPathNear("redis-benchmark", redisBin); err != nil {
+		res.Baseline.Note = "redis-benchmark not found; baseline skipped"
+	} else {
+		step("baseline: redis-benchmark XADD")
+		if res.Baseline.XAddPerSec, err = redisBenchmark(ctx, benchBin, redisAddr, o.conns, baselineRequests, o.size, 1); err != nil {
+			res.Baseline.Note = err.Error()
+		} else if res.Baseline.XAddPipelinedPerSec, err = redisBenchmark(ctx, benchBin, redisAddr, o.conns, baselineRequests, o.size, baselinePipeline); err != nil {
+			res.Baseline.Note = err.Error()
+		}
+		// 400k entries would otherwise sit in Redis's memory for the whole run.
+		_, _ = redisDo(redisAddr, "DEL", "bench:raw")
+	}
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+
+	step("starting the bridge")
+	port, err := freePort()
+	if err != nil {
+		return res, err
+	}
+	listen := fmt.Sprintf("127.0.0.1:%d", port)
+	started := time.Now()
+	bridge, err := startProcess("bridge", filepath.Join(dir, "bridge.log"), bridgeEnv(map[string]string{
+		"BRIDGE_LISTEN":             listen,
+		"BRIDGE_REDIS_URL":          "redis://" + redisAddr,
+		"BRIDGE_TARGET_ALLOW_CIDRS": "127.0.0.1/32",
+		"BRIDGE_LOG_LEVEL":          "warn",
+		"BRIDGE_SHUTDOWN_GRACE":     shutdownGrace.String(),
+	}), bridgeBin)
+	if err != nil {
+		return res, err
+	}
+	defer bridge.kill()
+	a := newAPIClient("http://" + listen)
+	if err := a.waitReady(ctx, bridge); err != nil {
+		return res, err
+	}
+	res.Bridge.StartupTime = time.Since(started)
+
+	// CPU per phase tells whether a low number is the bridge being slow or
+	// the machine being saturated (load generator, bridge and Redis share it).
+	res.CPU = map[string]map[string]float64{}
+	b := &bench{o: o, api: a, redisAddr: redisAddr, problem: problem, cpu: res.CPU,
+		meter: cpuMeter{"bridge": bridge.pid(), "redis": redis.pid(), "bench": os.Getpid()}}
+	phases := []struct {
+		name string
+		run  func() error
+	}{
+		{"publish", func() error {
+			w := b.meter.start()
+			r := runPublish(ctx, publishPlan{
+				url: a.base + "/v1/subjects/bench.publish/messages", conns: o.conns, size: o.size,
+				until: time.Now().Add(o.duration),
+			})
+			res.CPU["publish"] = w.stop()
+			res.Publish = &r
+			notePublishErrors(problem, "publish", r)
+			return nil
+		}},
+		{"end-to-end", func() error {
+			r, err := b.phaseE2E(ctx)
+			res.E2E = r
+			return err
+		}},
+		{"drain", func() error {
+			r, err := b.phaseDrain(ctx)
+			res.Drain = r
+			return err
+		}},
+	}
+	for _, ph := range phases {
+		if bridge.exited() {
+			problem("bridge exited during the run (%v); phase %s and later skipped; log tail:\n%s", bridge.err, ph.name, bridge.logTail(20))
+			break
+		}
+		step("phase " + ph.name)
+		err := ph.run()
+		if ctx.Err() != nil {
+			// An interrupted phase's numbers are partial: leave them out.
+			switch ph.name {
+			case "publish":
+				res.Publish = nil
+			case "end-to-end":
+				res.E2E = nil
+			case "drain":
+				res.Drain = nil
+			}
+			delete(res.CPU, ph.name)
+			return res, ctx.Err()
+		}
+		if err != nil {
+			problem("phase %s: %v", ph.name, err)
+		}
+	}
+
+	if !bridge.exited() {
+		if peak, cur, err := memStatus(bridge.pid()); err == nil {
+			res.Bridge.PeakRSS, res.Bridge.RSS = peak, cur
+		}
+	}
+	step("stopping the bridge (SIGTERM)")
+	// Grace plus a margin: a bridge that overruns its own grace period is a
+	// finding, but the benchmark still has to end.
+	code, took, killed := bridge.stop(syscall.SIGTERM, shutdownGrace+10*time.Second)
+	res.Bridge.ExitCode, res.Bridge.Shutdown, res.Bridge.Killed = code, took, killed
+	switch {
+	case killed:
+		problem("bridge did not exit within %s of SIGTERM (grace %s); killed", shutdownGrace+10*time.Second, shutdownGrace)
+	case code != 0:
+		problem("bridge exited with status %d after SIGTERM", code)
+	}
+	res.Bridge.LogLines, res.Bridge.LogSummary = summarizeLog(bridge.logPath, 8)
+	redis.stop(syscall.SIGTERM, 5*time.Second)
+	return res, nil
+}
+
+// phaseE2E measures publish-to-push latency and throughput with a live
+// subscription: publishers and deliveries run at the same time.
+func (b *bench) phaseE2E(ctx context.Context) (*e2eResult, error) {
+	o, a, problem := b.o, b.api, b.problem
+	const name, subject = "bench-e2e", "bench.e2e"
+	expect := int(float64(refE2ERPS)*2*o.duration.Seconds()) + 1024
+	rcv, err := startReceiver(o.size, expect)
+	if err != nil {
+		return nil, err
+	}
+	defer rcv.close()
+
+	putAt := time.Now()
+	if err := a.putSubscription(ctx, name, map[string]any{
+		"subject": subject, "url": rcv.url, "max_in_flight": o.maxInFlight, "timeout": "10s",
+	}); err != nil {
+		return nil, err
+	}
+	r := &e2eResult{}
+	defer func() { b.teardown(ctx, "end-to-end", name, subject, rcv, r.Complete) }()
+
+	// Warm-up: one message, so the measurement starts once the engine runs
+	// the subscription (the spec allows it 2 s to see a change) and the
+	// latency figures are steady state, not pickup time.
+	pubURL := a.base + "/v1/subjects/" + subject + "/messages"
+	warm := runPublish(ctx, publishPlan{url: pubURL, conns: 1, size: o.size, total: 1, hardStop: time.Now().Add(pickupTimeout)})
+	if warm.Accepted != 1 {
+		return nil, fmt.Errorf("warm-up publish failed: %v", warm.ErrorSamples)
+	}
+	if !rcv.waitFor(ctx, 1, pickupTimeout) {
+		return nil, fmt.Errorf("no push within %s of creating the subscription%s", pickupTimeout, a.subscriptionStats(name))
+	}
+	r.Pickup = rcv.first().Sub(putAt)
+	rcv.reset()
+
+	w := b.meter.start()
+	r.Publish = runPublish(ctx, publishPlan{url: pubURL, conns: o.conns, size: o.size, until: time.Now().Add(o.duration)})
+	notePublishErrors(problem, "end-to-end", r.Publish)
+	want := r.Publish.Accepted + 1 // plus the warm-up message
+	r.Complete = rcv.waitFor(ctx, want, deliveryTimeout)
+	b.cpu["end-to-end"] = w.stop()
+	if err := ctx.Err(); err != nil {
+		return r, err
+	}
+	// Give late duplicates (a redelivery racing the ack) a moment to show up.
+	time.Sleep(settleTime)
+
+	r.Received = rcv.distinct() - 1
+	r.Pushes = rcv.pushes.Load()
+	r.Duplicates = r.Pushes - rcv.distinct() - rcv.noID.Load()
+	if span := rcv.last().Sub(r.Publish.Start); r.Pushes > 0 && span > 0 {
+		r.PushesPerSec = float64(r.Received) / span.Seconds()
+	}
+	r.P50, r.P99, r.Max = rcv.latency.quantile(0.50), rcv.latency.quantile(0.99), rcv.latency.maxValue()
+	if !r.Complete {
+		problem("end-to-end: %d of %d accepted messages pushed within %s%s", r.Received, r.Publish.Accepted, deliveryTimeout, a.subscriptionStats(name))
+	}
+	for _, s := range rcv.anomalies() {
+		problem("end-to-end: %s", s)
+	}
+	return r, nil
+}
+
+// phaseDrain measures how fast the engine works off a backlog: the messages
+// are all published while the subscription is paused, then it is resumed.
+func (b *bench) phaseDrain(ctx context.Context) (*drainResult, error) {
+	o, a, problem := b.o, b.api, b.problem
+	const name, subject = "bench-drain", "bench.drain"
+	rcv, err := startReceiver(o.size, o.drainN)
+	if err != nil {
+		return nil, err
+	}
+	defer rcv.close()
+
+	if err := a.putSubscription(ctx, name, map[string]any{
+		"subject": subject, "url": rcv.url, "max_in_flight": o.maxInFlight, "timeout": "10s",
+		"start": "beginning", "paused": true,
+	}); err != nil {
+		return nil, err
+	}
+	r := &drainResult{}
+	defer func() { b.teardown(ctx, "drain", name, subject, rcv, r.Complete) }()
+
+	// Bounded by count, and by time in case the bridge stalls.
+	r.Publish = runPublish(ctx, publishPlan{
+		url: a.base + "/v1/subjects/" + subject + "/messages", conns: o.conns, size: o.size,
+		total: uint64(o.drainN), hardStop: time.Now().Add(max(2*time.Minute, 10*o.duration)),
+	})
+	notePublishErrors(problem, "drain", r.Publish)
+	if err := ctx.Err(); err != nil {
+		return r, err
+	}
+	if n := rcv.pushes.Load(); n > 0 {
+		problem("drain: %d pushes while the subscription was paused", n)
+	}
+
+	w := b.meter.start()
+	resumeAt := time.Now()
+	if status, body, err := a.do(ctx, http.MethodPost, "/v1/subscriptions/"+name+"/resume", nil); err != nil || status/100 != 2 {
+		return r, fmt.Errorf("resume: %s", describe(status, body, err))
+	}
+	r.Complete = rcv.waitFor(ctx, r.Publish.Accepted, deliveryTimeout)
+	b.cpu["drain"] = w.stop()
+	if err := ctx.Err(); err != nil {
+		return r, err
+	}
+	time.Sleep(settleTime)
+
+	r.Received = rcv.distinct()
+	r.Duplicates = rcv.pushes.Load() - rcv.distinct() - rcv.noID.Load()
+	if r.Received > 0 {
+		r.Pickup = rcv.first().Sub(resumeAt)
+		r.ResumeToLast = rcv.last().Sub(resumeAt)
+		if span := rcv.last().Sub(rcv.first()); span > 0 {
+			r.PushesPerSec = float64(r.Received) / span.Seconds()
+		}
+	}
+	if !r.Complete {
+		problem("drain: %d of %d accepted messages pushed within %s of resume%s", r.Received, r.Publish.Accepted, deliveryTimeout, a.subscriptionStats(name))
+	}
+	for _, s := range rcv.anomalies() {
+		problem("drain: %s", s)
+	}
+	return r, nil
+}
+
+func notePublishErrors(problem func(string, ...any), phase string, r publishResult) {
+	if r.Errors > 0 {
+		problem("%s: %d of %d publishes failed, e.g. %s", phase, r.Errors, r.Sent, strings.Join(r.ErrorSamples, " | "))
+	}
+}
+
+// apiClient talks to the bridge's REST API outside the load: setup, teardown
+// and diagnostics, on its own small connection pool.
+type apiClient struct {
+	base string
+	c    *http.Client
+}
+
+func newAPIClient(base string) *apiClient {
+	return &apiClient{base: base, c: &http.Client{
+		Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 2},
+		Timeout:   10 * time.Second,
+	}}
+}
+
+func (a *apiClient) do(ctx context.Context, method, path string, body any) (int, []byte, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return 0, nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, a.base+path, rd)
+	if err != nil {
+		return 0, nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := a.c.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(io.LimitReader(resp.Body, 64*1024))
+	return resp.StatusCode, out, err
+}
+
+func (a *apiClient) waitReady(ctx context.Context, p *process) error {
+	deadline := time.Now().Add(readyTimeout)
+	for {
+		status, body, err := a.do(ctx, http.MethodGet, "/readyz", nil)
+		if err == nil && status == http.StatusOK {
+			return nil
+		}
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case p.exited():
+			return fmt.Errorf("bridge exited before it was ready (%v):\n%s", p.err, p.logTail(20))
+		case time.Now().After(deadline):
+			return fmt.Errorf("bridge not ready within %s (last: %s):\n%s", readyTimeout, describe(status, body, err), p.logTail(20))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (a *apiClient) putSubscription(ctx context.Context, name string, body map[string]any) error {
+	status, resp, err := a.do(ctx, http.MethodPut, "/v1/subscriptions/"+name, body)
+	if err != nil || (status != http.StatusCreated && status != http.StatusOK) {
+		return fmt.Errorf("PUT /v1/subscriptions/%s: %s", name, describe(status, resp, err))
+	}
+	return nil
+}
+
+// teardown deletes a phase's subscription, so that it does not keep
+// pushing (and failing) at a receiver that is gone while later phases run,
+// and checks that the bridge really let go of it: once every message was
+// pushed and acked, nothing may arrive after the DELETE was answered, and no
+// consumer group may stay on the subject (the phase's subscription was its
+// only one).
+func (b *bench) teardown(ctx context.Context, phase, name, subject string, rcv *receiver, complete bool) {
+	if ctx.Err() != nil {
+		return // interrupted: the bridge and Redis are about to be killed anyway
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	before := rcv.pushes.Load()
+	status, body, err := b.api.do(ctx, http.MethodDelete, "/v1/subscriptions/"+name, nil)
+	if err != nil || status != http.StatusNoContent {
+		b.problem("%s: DELETE /v1/subscriptions/%s: %s", phase, name, describe(status, body, err))
+		return
+	}
+	time.Sleep(afterDelete)
+	if n := rcv.pushes.Load() - before; n > 0 && complete {
+		b.problem("%s: %d pushes arrived after DELETE /v1/subscriptions/%s answered 204 (all messages had been acked before)", phase, n, name)
+	}
+	if groups, err := consumerGroups(b.redisAddr, subject); err != nil {
+		b.problem("%s: XINFO GROUPS %s: %v", phase, subject, err)
+	} else if len(groups) > 0 {
+		b.problem("%s: consumer group(s) still on %s after DELETE of its only subscription: %s", phase, subject, strings.Join(groups, ", "))
+	}
+}
+
+// subscriptionStats is the bridge's own view of a subscription (lag,
+// pending, in-flight, last error), appended to a failure report.
+func (a *apiClient) subscriptionStats(name string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	status, body, err := a.do(ctx, http.MethodGet, "/v1/subscriptions/"+name, nil)
+	return "; GET /v1/subscriptions/" + name + ": " + describe(status, body, err)
+}
+
+func describe(status int, body []byte, err error) string {
+	if err != nil {
+		return err.Error()
+	}
+	const maxBody = 600
+	b := bytes.TrimSpace(body)
+	if len(b) > maxBody {
+		b = append(b[:maxBody:maxBody], "..."...)
+	}
+	return fmt.Sprintf("HTTP %d %s", status, b)
+}
+
+// summarizeLog counts the bridge's log lines (all warn or error, given
+// BRIDGE_LOG_LEVEL=warn) and groups JSON lines by level and message, most
+// frequent first; other lines (a panic trace) are kept as they are.
+func summarizeLog(path string, limit int) (int, []string) {
+	lines := readLines(path)
+	counts := map[string]int{}
+	var order []string
+	for _, l := range lines {
+		key := l
+		var entry struct {
+			Level string `json:"level"`
+			Msg   string `json:"msg"`
+			Error string `json:"error"`
+		}
+		if json.Unmarshal([]byte(l), &entry) == nil && entry.Msg != "" {
+			key = entry.Level + ": " + entry.Msg
+			if entry.Error != "" {
+				key += " (" + entry.Error + ")"
+			}
+		}
+		if len(key) > 300 {
+			key = key[:300] + "..."
+		}
+		if counts[key] == 0 {
+			order = append(order, key)
+		}
+		counts[key]++
+	}
+	sort.SliceStable(order, func(i, j int) bool { return counts[order[i]] > counts[order[j]] })
+	if len(order) > limit {
+		order = order[:limit]
+	}
+	out := make([]string, len(order))
+	for i, k := range order {
+		out[i] = fmt.Sprintf("%dx %s", counts[k], k)
+	}
+	return len(lines), out
+}
+
+// lookPathNear finds name next to sibling (redis-benchmark beside the chosen
+// redis-server), then on PATH.
+func lookPathNear(name, sibling string) (string, error) {
+	if p := filepath.Join(filepath.Dir(sibling), name); isExecutable(p) {
+		return p, nil
+	}
+	return exec.LookPath(name)
+}
+
+func isExecutable(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && !st.IsDir() && st.Mode()&0o111 != 0
+}
+
+// step prints progress to stderr, so stdout carries only the report.
+func step(s string) { fmt.Fprintf(os.Stderr, "bridge-bench: %s\n", s) }
+
+func printTable(w io.Writer, r *results) {
+	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+	p("")
+	p("bridge-bench  duration=%s conns=%d size=%dB max_in_flight=%d drain=%d cpus=%d",
+		r.Options.Duration, r.Options.Conns, r.Options.Size, r.Options.MaxInFlight, r.Options.DrainN, r.Options.CPUs)
+	p("%-10s %-34s %s", "phase", "metric", "value")
+	p("%s", strings.Repeat("-", 78))
+	if r.Baseline.Note != "" {
+		p("%-10s %-34s %s", "baseline", "redis-benchmark XADD", r.Baseline.Note)
+	}
+	if r.Baseline.XAddPerSec > 0 {
+		p("%-10s %-34s %s/s", "baseline", "XADD (unpipelined)", num(r.Baseline.XAddPerSec))
+	}
+	if r.Baseline.XAddPipelinedPerSec > 0 {
+		p("%-10s %-34s %s/s", "baseline", fmt.Sprintf("XADD (pipelined -P %d)", baselinePipeline), num(r.Baseline.XAddPipelinedPerSec))
+	}
+	if pr := r.Publish; pr != nil {
+		p("%-10s %-34s %s req/s  (%s accepted, %d errors)", "publish", "POST /v1/subjects/../messages", num(pr.ReqPerSec), num(float64(pr.Accepted)), pr.Errors)
+		p("%-10s %-34s p50 %s  p99 %s  max %s", "publish", "request latency", ms(pr.P50), ms(pr.P99), ms(pr.Max))
+	}
+	if e := r.E2E; e != nil {
+		p("%-10s %-34s %s req/s  (%d errors)", "e2e", "publish while delivering", num(e.Publish.ReqPerSec), e.Publish.Errors)
+		p("%-10s %-34s %s msg/s  (%s of %s pushed, %d duplicates)", "e2e", "pushes (first publish->last push)", num(e.PushesPerSec), num(float64(e.Received)), num(float64(e.Publish.Accepted)), e.Duplicates)
+		p("%-10s %-34s p50 %s  p99 %s  max %s", "e2e", "publish-to-push latency", ms(e.P50), ms(e.P99), ms(e.Max))
+		p("%-10s %-34s %s", "e2e", "subscription pickup (PUT->push)", ms(e.Pickup))
+	}
+	if d := r.Drain; d != nil {
+		p("%-10s %-34s %s req/s  (%d errors)", "drain", "publish backlog (paused)", num(d.Publish.ReqPerSec), d.Publish.Errors)
+		p("%-10s %-34s %s pushes/s  (%s of %s, %d duplicates)", "drain", "drain (first push->last push)", num(d.PushesPerSec), num(float64(d.Received)), num(float64(d.Publish.Accepted)), d.Duplicates)
+		p("%-10s %-34s first push %s, all %s", "drain", "after resume", ms(d.Pickup), ms(d.ResumeToLast))
+	}
+	for _, ph := range [][2]string{{"publish", "publish"}, {"e2e", "end-to-end"}, {"drain", "drain"}} {
+		if c, ok := r.CPU[ph[1]]; ok && len(c) > 0 {
+			p("%-10s %-34s bridge %.2f  redis %.2f  bench %.2f  (of %d)", ph[0], "CPU while busy, cores", c["bridge"], c["redis"], c["bench"], r.Options.CPUs)
+		}
+	}
+	b := r.Bridge
+	if b.PeakRSS > 0 {
+		p("%-10s %-34s %.1f MiB  (current %.1f MiB)", "bridge", "peak RSS (VmHWM)", mib(b.PeakRSS), mib(b.RSS))
+	}
+	if b.Shutdown > 0 {
+		killed := ""
+		if b.Killed {
+			killed = ", KILLED"
+		}
+		p("%-10s %-34s exit %d in %s%s", "bridge", "SIGTERM shutdown", b.ExitCode, ms(b.Shutdown), killed)
+	}
+	if b.StartupTime > 0 {
+		p("%-10s %-34s %s", "bridge", "start to /readyz 200", ms(b.StartupTime))
+	}
+
+	if r.Publish != nil || r.E2E != nil || r.Drain != nil {
+		p("")
+		p("ratios (target >= %.0f%% of reference)", targetShare*100)
+	}
+	if r.Publish != nil && r.Baseline.XAddPerSec > 0 {
+		p("  bridge publish / raw XADD unpipelined   %5.1f%%", 100*r.Publish.ReqPerSec/r.Baseline.XAddPerSec)
+	}
+	if r.Publish != nil && r.Baseline.XAddPipelinedPerSec > 0 {
+		p("  bridge publish / raw XADD pipelined     %5.1f%%", 100*r.Publish.ReqPerSec/r.Baseline.XAddPipelinedPerSec)
+	}
+	if r.Publish != nil {
+		ratio(p, "publish req/s vs minimal handler", r.Publish.ReqPerSec, refPublishRPS)
+	}
+	if r.E2E != nil {
+		ratio(p, "e2e msg/s vs minimal end-to-end", r.E2E.PushesPerSec, refE2ERPS)
+		if r.E2E.P99 > 0 {
+			// Latency: lower is better, so the share is reference/measured.
+			share := float64(refE2EP99) / float64(r.E2E.P99)
+			p("  %-38s %5.1f%%  (p99 %s vs %s; target <= %s)  %s", "e2e p99 vs minimal end-to-end", 100*share,
+				ms(r.E2E.P99), ms(refE2EP99), ms(time.Duration(float64(refE2EP99)/targetShare)), verdict(share))
+		}
+	}
+	if r.Drain != nil {
+		ratio(p, "drain pushes/s vs minimal push loop", r.Drain.PushesPerSec, refDrainRPS)
+	}
+
+	if b.LogLines > 0 {
+		p("")
+		p("bridge log: %d warn/error lines; most frequent:", b.LogLines)
+		for _, s := range b.LogSummary {
+			p("  %s", s)
+		}
+	}
+	p("")
+	if len(r.Problems) == 0 {
+		p("problems: none")
+	} else {
+		p("problems:")
+		for _, s := range r.Problems {
+			p("  - %s", s)
+		}
+	}
+}
+
+func ratio(p func(string, ...any), what string, got, ref float64) {
+	share := got / ref
+	p("  %-38s %5.1f%%  (%s vs %s)  %s", what, 100*share, num(got), num(ref), verdict(share))
+}
+
+func verdict(share float64) string {
+	if share >= targetShare {
+		return "ok"
+	}
+	return "BELOW TARGET"
+}
+
+// num formats with thousands separators, which makes rates readable at a glance.
+func num(v float64) string {
+	s := strconv.FormatInt(int64(v+0.5), 10)
+	var out []byte
+	for i, c := range []byte(s) {
+		if i > 0 && (len(s)-i)%3 == 0 && s[i-1] != '-' {
+			out = append(out, ',')
+		}
+		out = append(out, c)
+	}
+	return string(out)
+}
+
+func ms(d time.Duration) string {
+	switch {
+	case d >= 10*time.Second:
+		return fmt.Sprintf("%.1fs", d.Seconds())
+	case d >= time.Second:
+		return fmt.Sprintf("%.2fs", d.Seconds())
+	default:
+		return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
+	}
+}
+
+func mib(b uint64) float64 { return float64(b) / (1 << 20) }
