@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -17,6 +16,8 @@ import (
 	"github.com/bridge-dev/bridge/internal/delivery"
 	httpapi "github.com/bridge-dev/bridge/internal/http"
 	"github.com/bridge-dev/bridge/internal/netguard"
+	"github.com/bridge-dev/bridge/internal/registry"
+	"github.com/bridge-dev/bridge/internal/subsfile"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -69,13 +70,22 @@ func run(ctx context.Context, environ []string) error {
 		Client: delivery.NewHTTPClient(guard.Control),
 		Logger: log.Named("delivery"),
 	})
-	handler := httpapi.NewHandler(b, engine, httpapi.Options{
-		Token:    cfg.Token,
-		MaxBody:  int64(cfg.MaxBody),
-		Guard:    guard,
-		IsDenied: func(err error) bool { return errors.Is(err, netguard.ErrDenied) },
-		OpenAPI:  api.OpenAPI,
-		Logger:   log.Named("http"),
+	reg := registry.New(b, guard)
+	if cfg.SubscriptionsFile != "" {
+		applied, changed, err := subsfile.Apply(ctx, cfg.SubscriptionsFile, reg, log)
+		if err != nil {
+			return fmt.Errorf("BRIDGE_SUBSCRIPTIONS_FILE: %w", err)
+		}
+		log.Info("subscriptions file applied", zap.String("file", cfg.SubscriptionsFile),
+			zap.Int("subscriptions", applied), zap.Int("changed", changed))
+	}
+	handler := httpapi.NewHandler(b, reg, engine, httpapi.Options{
+		Token:             cfg.Token,
+		MaxBody:           int64(cfg.MaxBody),
+		MaxBatchBody:      int64(cfg.MaxBatchBody),
+		IdempotencyWindow: cfg.IdempotencyWindow,
+		OpenAPI:           api.OpenAPI,
+		Logger:            log.Named("http"),
 	})
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {

@@ -12,22 +12,6 @@ import (
 	"github.com/redis/rueidis"
 )
 
-// Publish appends a message to the subject's stream in ruststream-fred's layout and
-// returns its message id once Redis has confirmed the write. Header names are stored
-// lower-case.
-func (b *Broker) Publish(ctx context.Context, subject string, body []byte, headers map[string]string) (string, error) {
-	args := make([]string, 0, 3+2*len(headers))
-	args = append(args, "*", payloadField, rueidis.BinaryString(body))
-	for k, v := range headers {
-		args = append(args, headerPrefix+strings.ToLower(k), v)
-	}
-	id, err := b.c.Do(ctx, b.c.B().Arbitrary("XADD").Keys(subject).Args(args...).Build()).ToString()
-	if err != nil {
-		return "", fmt.Errorf("xadd %s: %w", subject, classify(err))
-	}
-	return core.MessageID(subject, id), nil
-}
-
 // EnsureGroup creates the subscription's consumer group on its subject (and the stream,
 // if missing) at start: "new" ($), "beginning" (0) or an entry id. An existing group keeps
 // its cursor; created reports whether this call made it.
@@ -107,6 +91,11 @@ func (b *Broker) Read(ctx context.Context, s *core.Subscription, consumer string
 // their payload and h: headers; any other entry is delivered as a JSON object of its fields.
 func DecodeEntry(subject string, e rueidis.XRangeEntry) core.Message {
 	m := core.Message{ID: core.MessageID(subject, e.ID), Subject: subject, EntryID: e.ID, Origin: core.FromStream}
+	// A message published with a delay got its id before its entry existed; the entry
+	// carries it so the id stays the one the publisher was given.
+	if id := e.FieldValues[idField]; id != "" && !strings.Contains(id, ".") {
+		m.ID = id
+	}
 	payload, ok := e.FieldValues[payloadField]
 	if !ok {
 		m.Body, _ = json.Marshal(e.FieldValues) // map[string]string cannot fail to marshal
@@ -387,4 +376,49 @@ func (b *Broker) Reclaim(ctx context.Context, s *core.Subscription, consumer str
 		}
 	}
 	return out, nil
+}
+
+// Seek moves the subscription's group cursor: "beginning", "end", an entry id (delivery
+// resumes after it) or a time (delivery resumes with the first entry at or after it).
+// Entries already handed out stay pending and are settled as usual.
+func (b *Broker) Seek(ctx context.Context, s *core.Subscription, to string, at time.Time) error {
+	id := to
+	switch {
+	case to == "beginning":
+		id = "0"
+	case to == "end":
+		id = "$"
+	case !at.IsZero():
+		// Entry ids start with their millisecond time: resume after the last id of the
+		// millisecond before at.
+		id = strconv.FormatInt(at.UnixMilli()-1, 10) + "-18446744073709551615"
+		if at.UnixMilli() <= 0 {
+			id = "0"
+		}
+	}
+	err := b.c.Do(ctx, b.c.B().XgroupSetid().Key(s.Subject).Group(groupName(s.Name)).Id(id).Build()).Error()
+	if isNoGroup(err) || isNoKey(err) {
+		if _, cerr := b.EnsureGroup(ctx, s.Subject, s.Name, "beginning"); cerr != nil {
+			return cerr
+		}
+		err = b.c.Do(ctx, b.c.B().XgroupSetid().Key(s.Subject).Group(groupName(s.Name)).Id(id).Build()).Error()
+	}
+	if err != nil {
+		return fmt.Errorf("xgroup setid %s: %w", s.Subject, classify(err))
+	}
+	return nil
+}
+
+// PurgeDeadLetters deletes the subscription's dead letters and returns how many there were.
+func (b *Broker) PurgeDeadLetters(ctx context.Context, s *core.Subscription) (int64, error) {
+	key := dlqKey(s.Subject, s.Name)
+	res := b.c.DoMulti(ctx, b.c.B().Xlen().Key(key).Build(), b.c.B().Del().Key(key).Build())
+	n, err := res[0].AsInt64()
+	if err == nil {
+		err = res[1].Error()
+	}
+	if err != nil {
+		return 0, fmt.Errorf("purge dlq of %s: %w", s.Name, classify(err))
+	}
+	return n, nil
 }

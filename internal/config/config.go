@@ -55,6 +55,9 @@ type Config struct {
 	Auth                string        `env:"AUTH"`
 	TargetAllowCIDRs    string        `env:"TARGET_ALLOW_CIDRS"`
 	MaxBody             ByteSize      `env:"MAX_BODY" envDefault:"1MiB"`
+	MaxBatchBody        ByteSize      `env:"MAX_BATCH_BODY" envDefault:"16MiB"`
+	IdempotencyWindow   time.Duration `env:"IDEMPOTENCY_WINDOW" envDefault:"24h"`
+	SubscriptionsFile   string        `env:"SUBSCRIPTIONS_FILE"`
 	ShutdownGrace       time.Duration `env:"SHUTDOWN_GRACE" envDefault:"30s"`
 	LogLevel            string        `env:"LOG_LEVEL" envDefault:"info"`
 	LogFormat           string        `env:"LOG_FORMAT" envDefault:"json"`
@@ -109,6 +112,12 @@ func (c *Config) Validate() error {
 	}
 	if c.ShutdownGrace < 0 || c.ShutdownGrace > time.Hour {
 		return fmt.Errorf("BRIDGE_SHUTDOWN_GRACE: %s out of range (0 to 1h)", c.ShutdownGrace)
+	}
+	if c.IdempotencyWindow < time.Second || c.IdempotencyWindow > 30*24*time.Hour {
+		return fmt.Errorf("BRIDGE_IDEMPOTENCY_WINDOW: %s out of range (1s to 720h)", c.IdempotencyWindow)
+	}
+	if c.MaxBatchBody < c.MaxBody {
+		return errors.New("BRIDGE_MAX_BATCH_BODY: must be at least BRIDGE_MAX_BODY")
 	}
 	if _, err := c.ZapLevel(); err != nil {
 		return err

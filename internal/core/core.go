@@ -145,3 +145,20 @@ type LocalStats struct {
 	LastStatus   int64
 	LastError    string
 }
+
+// Outgoing is one message to publish.
+type Outgoing struct {
+	Body    []byte
+	Headers map[string]string // lower-case names
+	// IdempotencyKey, when set, makes a repeat within the window a no-op returning the first id.
+	IdempotencyKey string
+	// NotBefore, when in the future, schedules the message instead of appending it now.
+	NotBefore time.Time
+}
+
+// Published is the outcome of one publish.
+type Published struct {
+	ID        string
+	Duplicate bool
+	Err       error
+}

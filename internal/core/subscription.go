@@ -99,10 +99,13 @@ type Subscription struct {
 	Ordered           bool              `json:"ordered"`
 	Headers           map[string]string `json:"headers"`
 	Secret            string            `json:"secret,omitempty"`
-	Paused            bool              `json:"paused"`
-	PausedReason      string            `json:"paused_reason,omitempty"`
-	CreatedAt         time.Time         `json:"created_at"`
-	UpdatedAt         time.Time         `json:"updated_at"`
+	// PreviousSecret keeps signing beside Secret until PreviousSecretUntil (after a rotation).
+	PreviousSecret      string     `json:"previous_secret,omitempty"`
+	PreviousSecretUntil *time.Time `json:"previous_secret_until,omitempty"`
+	Paused              bool       `json:"paused"`
+	PausedReason        string     `json:"paused_reason,omitempty"`
+	CreatedAt           time.Time  `json:"created_at"`
+	UpdatedAt           time.Time  `json:"updated_at"`
 }
 
 // SubscriptionInput is the PUT body: every field optional but subject and url, unknown fields refused.
@@ -130,6 +133,15 @@ type SubscriptionInput struct {
 type RetryInput struct {
 	MinBackoff *Duration `json:"min_backoff"`
 	MaxBackoff *Duration `json:"max_backoff"`
+}
+
+// Secrets returns the secrets that sign a push at now: the current one, and the previous one
+// while its rotation overlap lasts.
+func (s *Subscription) Secrets(now time.Time) []string {
+	if s.PreviousSecret != "" && s.PreviousSecretUntil != nil && now.Before(*s.PreviousSecretUntil) {
+		return []string{s.Secret, s.PreviousSecret}
+	}
+	return []string{s.Secret}
 }
 
 // FieldError names the field of a subscription that is invalid.

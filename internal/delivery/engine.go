@@ -34,6 +34,7 @@ type Broker interface {
 	AckRetries(ctx context.Context, s *core.Subscription, ids ...string) error
 	DeadLetter(ctx context.Context, s *core.Subscription, m *core.Message, info core.DeadLetterInfo) error
 	Reclaim(ctx context.Context, s *core.Subscription, consumer string, minIdle time.Duration, limit int) (core.Reclaimed, error)
+	MoveDueScheduled(ctx context.Context, now time.Time, limit int) (int, time.Time, error)
 }
 
 // Options tune the engine; zero values take the defaults.
@@ -114,10 +115,14 @@ func (e *Engine) Running() bool { return e.running.Load() }
 // Start begins watching the subscription registry and delivering.
 func (e *Engine) Start() {
 	e.running.Store(true)
-	e.wg.Add(1)
+	e.wg.Add(2)
 	go func() {
 		defer e.wg.Done()
 		e.watch()
+	}()
+	go func() {
+		defer e.wg.Done()
+		e.moveScheduled()
 	}()
 	e.log.Info("delivery engine started", zap.String("consumer", e.consumer))
 }
@@ -233,6 +238,38 @@ func (e *Engine) apply(subs []*core.Subscription) {
 		if !seen[name] {
 			r.stopReading()
 			delete(e.runners, name)
+		}
+	}
+}
+
+// scheduledPoll bounds how late a scheduled message enters its stream.
+const scheduledPoll = 250 * time.Millisecond
+
+// moveScheduled appends scheduled messages to their streams when they come due. Every
+// process runs it; the lease in the broker keeps two from moving the same message.
+func (e *Engine) moveScheduled() {
+	var errs errThrottle
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+		moved, next, err := e.b.MoveDueScheduled(ctx, time.Now(), 256)
+		cancel()
+		if err != nil {
+			errs.log(e.log, "moving scheduled messages failed; retrying", err)
+		} else {
+			errs.ok(e.log, "moving scheduled messages again")
+		}
+		wait := scheduledPoll
+		if moved == 256 {
+			wait = 0
+		} else if !next.IsZero() {
+			wait = min(max(time.Until(next), 10*time.Millisecond), scheduledPoll)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-e.stop:
+			t.Stop()
+			return
+		case <-t.C:
 		}
 	}
 }

@@ -85,7 +85,7 @@ func (r *runner) push(abortCtx context.Context, m *core.Message) (res pushResult
 	h["User-Agent"] = []string{"bridge/1"}
 	h["Webhook-Id"] = []string{m.ID}
 	h["Webhook-Timestamp"] = []string{strconv.FormatInt(now.Unix(), 10)}
-	h["Webhook-Signature"] = []string{r.signer.Sign(m.ID, now, m.Body)}
+	h["Webhook-Signature"] = []string{r.currentSigner(now).Sign(m.ID, now, m.Body)}
 	h["Redis-Delivery-Count"] = []string{strconv.Itoa(m.Deliveries)}
 	if m.IdleMS > 0 {
 		h["Redis-Idle-Ms"] = []string{strconv.FormatInt(m.IdleMS, 10)}

@@ -41,12 +41,15 @@ const maxAckBatch = 512
 
 // runner delivers one subscription with one immutable configuration.
 type runner struct {
-	e       *Engine
-	sub     *core.Subscription
-	signer  *webhook.Signer
-	limiter *rate.Limiter
-	stats   *Stats
-	log     *zap.Logger
+	e      *Engine
+	sub    *core.Subscription
+	signer atomic.Pointer[webhook.Signer]
+	// signerUntil is when the current signer's set of secrets changes (a rotation's end), or zero.
+	signerUntil time.Time
+	signerAged  atomic.Bool
+	limiter     *rate.Limiter
+	stats       *Stats
+	log         *zap.Logger
 
 	// nextRetry is when the retry set should be looked at next (unix ms).
 	nextRetry atomic.Int64
@@ -59,12 +62,13 @@ type runner struct {
 }
 
 func newRunner(e *Engine, s *core.Subscription, st *Stats) (*runner, error) {
-	signer, err := webhook.NewSigner(s.Secret)
+	now := time.Now()
+	signer, err := webhook.NewSigner(s.Secrets(now)...)
 	if err != nil {
 		return nil, err
 	}
 	r := &runner{
-		e: e, sub: s, signer: signer, stats: st,
+		e: e, sub: s, stats: st,
 		log:    e.log.With(zap.String("subscription", s.Name), zap.String("subject", s.Subject)),
 		stopCh: make(chan struct{}),
 		slots:  make(chan struct{}, s.MaxInFlight),
@@ -72,6 +76,10 @@ func newRunner(e *Engine, s *core.Subscription, st *Stats) (*runner, error) {
 		jobs: make(chan core.Message),
 		// Sized to max_in_flight so a worker never waits on the acker.
 		acks: make(chan string, s.MaxInFlight),
+	}
+	r.signer.Store(signer)
+	if s.PreviousSecretUntil != nil && now.Before(*s.PreviousSecretUntil) {
+		r.signerUntil = *s.PreviousSecretUntil
 	}
 	if s.RateLimit > 0 {
 		r.limiter = rate.NewLimiter(rate.Limit(s.RateLimit), max(1, int(s.RateLimit/10)))
@@ -104,6 +112,17 @@ func (r *runner) start() {
 		r.log.Debug("subscription runner stopped")
 	}()
 	r.log.Info("subscription delivering", zap.Int("max_in_flight", r.sub.MaxInFlight))
+}
+
+// currentSigner signs with the secrets valid now: once a rotation's overlap ends, the old
+// secret stops signing without waiting for a configuration change.
+func (r *runner) currentSigner(now time.Time) *webhook.Signer {
+	if !r.signerUntil.IsZero() && !now.Before(r.signerUntil) && r.signerAged.CompareAndSwap(false, true) {
+		if s, err := webhook.NewSigner(r.sub.Secrets(now)...); err == nil {
+			r.signer.Store(s)
+		}
+	}
+	return r.signer.Load()
 }
 
 func (r *runner) stopReading() {

@@ -3,7 +3,6 @@ package httpapi_test
 import (
 	"bytes"
 	"context"
-	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -17,6 +16,7 @@ import (
 	httpapi "github.com/bridge-dev/bridge/internal/http"
 	"github.com/bridge-dev/bridge/internal/netguard"
 	"github.com/bridge-dev/bridge/internal/redistest"
+	"github.com/bridge-dev/bridge/internal/registry"
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/getkin/kin-openapi/routers"
@@ -28,12 +28,13 @@ type idleEngine struct{}
 
 func (idleEngine) Running() bool                     { return true }
 func (idleEngine) LocalStats(string) core.LocalStats { return core.LocalStats{} }
-func isDenied(err error) bool                        { return errors.Is(err, netguard.ErrDenied) }
+
 func newAPI(t *testing.T, rs *redistest.Server) http.Handler {
 	t.Helper()
 	allow, _ := netguard.ParseCIDRs("127.0.0.1/32")
-	return httpapi.NewHandler(broker.New(rs.Client(t)), idleEngine{}, httpapi.Options{
-		MaxBody: 1024, Guard: netguard.New(allow), IsDenied: isDenied, OpenAPI: api.OpenAPI,
+	b := broker.New(rs.Client(t))
+	return httpapi.NewHandler(b, registry.New(b, netguard.New(allow)), idleEngine{}, httpapi.Options{
+		MaxBody: 1024, OpenAPI: api.OpenAPI,
 	})
 }
 
@@ -57,7 +58,7 @@ func loadDoc(t *testing.T) (*openapi3.T, routers.Router) {
 // Every route the router serves is in api/openapi.yaml, and every documented operation is served.
 func TestOpenAPIMatchesRouter(t *testing.T) {
 	doc, _ := loadDoc(t)
-	h := httpapi.NewHandler(nil, idleEngine{}, httpapi.Options{})
+	h := httpapi.NewHandler(nil, nil, idleEngine{}, httpapi.Options{})
 	served := map[string]bool{}
 	err := chi.Walk(h.(chi.Routes), func(method, route string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {
 		if route != "/" {
@@ -171,7 +172,23 @@ func TestBadRequestsWriteNothing(t *testing.T) {
 		{name: "body too large", method: "POST", path: "/v1/subjects/a/messages", body: strings.Repeat("x", 1025), status: 413, code: "payload_too_large"},
 		{name: "unknown transport", method: "POST", path: "/v1/subjects/a/messages?transport=kafka", body: "x", status: 400, code: "invalid_query"},
 		{name: "list transport", method: "POST", path: "/v1/subjects/a/messages?transport=list", body: "x", status: 400, code: "unsupported_transport"},
-		{name: "idempotency key", method: "POST", path: "/v1/subjects/a/messages", body: "x", header: map[string]string{"Idempotency-Key": "k"}, status: 400, code: "not_implemented"},
+		{name: "idempotency key with space", method: "POST", path: "/v1/subjects/a/messages", body: "x", header: map[string]string{"Idempotency-Key": "a b"}, status: 400, code: "invalid_header"},
+		{name: "idempotency key too long", method: "POST", path: "/v1/subjects/a/messages", body: "x", header: map[string]string{"Idempotency-Key": strings.Repeat("k", 257)}, status: 400, code: "invalid_header"},
+		{name: "bad delay", method: "POST", path: "/v1/subjects/a/messages", body: "x", header: map[string]string{"Bridge-Delay": "later"}, status: 400, code: "invalid_header"},
+		{name: "negative delay", method: "POST", path: "/v1/subjects/a/messages", body: "x", header: map[string]string{"Bridge-Delay": "-1s"}, status: 400, code: "invalid_header"},
+		{name: "bad not-before", method: "POST", path: "/v1/subjects/a/messages", body: "x", header: map[string]string{"Bridge-Not-Before": "tomorrow"}, status: 400, code: "invalid_header"},
+		{name: "delay and not-before", method: "POST", path: "/v1/subjects/a/messages", body: "x", header: map[string]string{"Bridge-Delay": "1s", "Bridge-Not-Before": "2030-01-01T00:00:00Z"}, status: 400, code: "invalid_header"},
+		{name: "bad partition key", method: "POST", path: "/v1/subjects/a/messages", body: "x", header: map[string]string{"Bridge-Partition-Key": strings.Repeat("p", 1025)}, status: 400, code: "invalid_header"},
+		{name: "forward reserved", method: "POST", path: "/v1/subjects/a/messages", body: "x", header: map[string]string{"Bridge-Forward-Bridge-Subject": "x"}, status: 400, code: "invalid_header"},
+		{name: "batch bad subject", method: "POST", path: "/v1/subjects/a%20b/batch", body: `{"messages":[{"data":1}]}`, status: 400, code: "invalid_subject"},
+		{name: "batch not json", method: "POST", path: "/v1/subjects/a/batch", body: `[`, status: 400, code: "invalid_json"},
+		{name: "batch unknown field", method: "POST", path: "/v1/subjects/a/batch", body: `{"messages":[{"data":1,"x":2}]}`, status: 400, code: "invalid_json"},
+		{name: "batch empty", method: "POST", path: "/v1/subjects/a/batch", body: `{"messages":[]}`, status: 400, code: "invalid_json"},
+		{name: "seek bad target", method: "POST", path: "/v1/subscriptions/existing/seek", body: `{"to":"yesterday"}`, status: 400, code: "invalid_json"},
+		{name: "seek unknown field", method: "POST", path: "/v1/subscriptions/existing/seek", body: `{"to":"end","x":1}`, status: 400, code: "invalid_json"},
+		{name: "seek missing", method: "POST", path: "/v1/subscriptions/nope/seek", body: `{"to":"end"}`, status: 404, code: "not_found"},
+		{name: "rotate missing", method: "POST", path: "/v1/subscriptions/nope/secret/rotate", status: 404, code: "not_found"},
+		{name: "purge missing", method: "DELETE", path: "/v1/subscriptions/nope/dead-letters", status: 404, code: "not_found"},
 		{name: "forward host", method: "POST", path: "/v1/subjects/a/messages", body: "x", header: map[string]string{"Bridge-Forward-Host": "evil"}, status: 400, code: "invalid_header"},
 		{name: "forward webhook-id", method: "POST", path: "/v1/subjects/a/messages", body: "x", header: map[string]string{"Bridge-Forward-Webhook-Id": "x"}, status: 400, code: "invalid_header"},
 		{name: "forward content-length", method: "POST", path: "/v1/subjects/a/messages", body: "x", header: map[string]string{"Bridge-Forward-Content-Length": "1"}, status: 400, code: "invalid_header"},
@@ -238,6 +255,15 @@ func TestSuccessfulResponsesMatchDocument(t *testing.T) {
 		{name: "resume", method: "POST", path: "/v1/subscriptions/s1/resume", status: 200},
 		{name: "secret", method: "GET", path: "/v1/subscriptions/s1/secret", status: 200},
 		{name: "dead letters", method: "GET", path: "/v1/subscriptions/s1/dead-letters?limit=10", status: 200},
+		{name: "purge", method: "DELETE", path: "/v1/subscriptions/s1/dead-letters", status: 200},
+		{name: "rotate", method: "POST", path: "/v1/subscriptions/s1/secret/rotate", status: 200},
+		{name: "secret after rotation", method: "GET", path: "/v1/subscriptions/s1/secret", status: 200},
+		{name: "seek beginning", method: "POST", path: "/v1/subscriptions/s1/seek", body: `{"to":"beginning"}`, status: 200},
+		{name: "seek time", method: "POST", path: "/v1/subscriptions/s1/seek", body: `{"to":"2026-01-02T03:04:05Z"}`, status: 200},
+		{name: "seek id", method: "POST", path: "/v1/subscriptions/s1/seek", body: `{"to":"1-0"}`, status: 200},
+		{name: "batch", method: "POST", path: "/v1/subjects/orders/batch", body: `{"messages":[{"data":{"a":1}},{"data_base64":"AA==","delay":"1h"},{"data":1,"idempotency_key":"k"},{"data":"x","headers":{"Host":"h"}}]}`, status: 202},
+		{name: "publish idempotent", method: "POST", path: "/v1/subjects/orders/messages", body: "hi", header: map[string]string{"Idempotency-Key": "k"}, status: 202},
+		{name: "publish delayed", method: "POST", path: "/v1/subjects/orders/messages", body: "hi", header: map[string]string{"Bridge-Delay": "1h"}, status: 202},
 		{name: "replay all", method: "POST", path: "/v1/subscriptions/s1/dead-letters/replay", status: 200},
 		{name: "replay some", method: "POST", path: "/v1/subscriptions/s1/dead-letters/replay", body: `{"ids":["orders:1-0"]}`, status: 200},
 		{name: "delete", method: "DELETE", path: "/v1/subscriptions/s1", status: 204},
@@ -249,11 +275,11 @@ func TestSuccessfulResponsesMatchDocument(t *testing.T) {
 			}
 		}
 	}
-	// The "orders" stream and the registry (holding only its version) remain; nothing of s1 does.
-	keys, _ := rs.Do(t, "KEYS", "*").AsStrSlice()
+	// Nothing of s1 remains: no group, no retry or dead-letter key.
+	keys, _ := rs.Do(t, "KEYS", "*s1*").AsStrSlice()
 	fields, _ := rs.Do(t, "HKEYS", "bridge:subscriptions").AsStrSlice()
 	groups, _ := rs.Do(t, "XINFO", "GROUPS", "orders").ToArray()
-	if len(keys) != 2 || len(fields) != 1 || fields[0] != "_version" || len(groups) != 0 {
+	if len(keys) != 0 || len(fields) != 1 || fields[0] != "_version" || len(groups) != 0 {
 		t.Fatalf("after delete: keys %v, registry fields %v, %d groups", keys, fields, len(groups))
 	}
 }

@@ -1,12 +1,16 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/bridge-dev/bridge/internal/core"
 	"github.com/go-chi/chi/v5"
@@ -18,42 +22,57 @@ const (
 	maxPartitionKeyLen = 1024
 	maxForwarded       = 32
 	maxTraceHeaderLen  = 1024
+	maxIdempotencyKey  = 256
+	maxDelay           = 366 * 24 * time.Hour
+	// MaxBatch is the largest number of messages in one batch publish.
+	MaxBatch = 1000
 )
 
 type publishResponse struct {
-	ID      string `json:"id"`
-	Subject string `json:"subject"`
+	ID        string `json:"id"`
+	Subject   string `json:"subject"`
+	Duplicate bool   `json:"duplicate,omitempty"`
 }
 
-func (a *api) publish(w http.ResponseWriter, r *http.Request) {
+// checkPublishTarget validates the subject and the transport query of a publish route.
+func checkPublishTarget(w http.ResponseWriter, r *http.Request) (string, bool) {
 	subject := chi.URLParam(r, "subject")
 	if !core.ValidSubject(subject) {
 		writeProblem(w, "invalid_subject", "subjects match ^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
-		return
+		return "", false
 	}
 	switch t := r.URL.Query().Get("transport"); t {
 	case "", "stream":
 	case "list", "pubsub":
 		writeProblem(w, "unsupported_transport", fmt.Sprintf("transport %q is not served by this version; use stream", t))
-		return
+		return "", false
 	default:
 		writeProblem(w, "invalid_query", "transport must be stream, list or pubsub")
-		return
+		return "", false
 	}
-	for _, h := range []string{"Idempotency-Key", "Bridge-Delay", "Bridge-Not-Before"} {
-		if r.Header.Get(h) != "" {
-			// Refused rather than ignored: silently dropping a dedup key or a delay would
-			// break what the publisher relies on.
-			writeProblem(w, "not_implemented", h+" is not supported by this version")
-			return
-		}
+	return subject, true
+}
+
+func (a *api) publish(w http.ResponseWriter, r *http.Request) {
+	subject, ok := checkPublishTarget(w, r)
+	if !ok {
+		return
 	}
 	headers, err := messageHeaders(r.Header)
 	if err != nil {
 		writeProblem(w, "invalid_header", err.Error())
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, a.opts.MaxBody))
+	out := core.Outgoing{Headers: headers, IdempotencyKey: r.Header.Get("Idempotency-Key")}
+	if err := checkIdempotencyKey(out.IdempotencyKey); err != nil {
+		writeProblem(w, "invalid_header", "Idempotency-Key "+err.Error())
+		return
+	}
+	if out.NotBefore, err = notBefore(r.Header.Get("Bridge-Delay"), r.Header.Get("Bridge-Not-Before"), time.Now()); err != nil {
+		writeProblem(w, "invalid_header", err.Error())
+		return
+	}
+	out.Body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, a.opts.MaxBody))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -65,12 +84,69 @@ func (a *api) publish(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
-	id, err := a.b.Publish(ctx, subject, body, headers)
-	if err != nil {
-		a.fail(w, r, err)
+	if out.IdempotencyKey == "" && out.NotBefore.IsZero() {
+		// The common case: one XADD, no script.
+		id, err := a.b.Publish(ctx, subject, out.Body, headers)
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		a.opts.Metrics.Published(subject, 1)
+		writeJSON(w, http.StatusAccepted, publishResponse{ID: id, Subject: subject})
 		return
 	}
-	writeJSON(w, http.StatusAccepted, publishResponse{ID: id, Subject: subject})
+	res := a.b.PublishMany(ctx, subject, []core.Outgoing{out}, a.opts.IdempotencyWindow)[0]
+	if res.Err != nil {
+		a.fail(w, r, res.Err)
+		return
+	}
+	if !res.Duplicate {
+		a.opts.Metrics.Published(subject, 1)
+	}
+	writeJSON(w, http.StatusAccepted, publishResponse{ID: res.ID, Subject: subject, Duplicate: res.Duplicate})
+}
+
+func checkIdempotencyKey(k string) error {
+	if len(k) > maxIdempotencyKey {
+		return fmt.Errorf("is longer than %d bytes", maxIdempotencyKey)
+	}
+	for i := 0; i < len(k); i++ {
+		if k[i] < 0x21 || k[i] > 0x7e {
+			return errors.New("must be visible ASCII without spaces")
+		}
+	}
+	return nil
+}
+
+// notBefore turns Bridge-Delay (Go duration or whole seconds) or Bridge-Not-Before (RFC 3339)
+// into a time; zero when neither asks for a future time.
+func notBefore(delay, at string, now time.Time) (time.Time, error) {
+	switch {
+	case delay != "" && at != "":
+		return time.Time{}, errors.New("give Bridge-Delay or Bridge-Not-Before, not both")
+	case delay != "":
+		d, err := core.ParseDuration(delay)
+		if err != nil || d < 0 || d > maxDelay {
+			return time.Time{}, errors.New(`Bridge-Delay must be a duration such as "30s" or whole seconds, at most 366 days`)
+		}
+		if d == 0 {
+			return time.Time{}, nil
+		}
+		return now.Add(d), nil
+	case at != "":
+		t, err := time.Parse(time.RFC3339, at)
+		if err != nil {
+			return time.Time{}, errors.New("Bridge-Not-Before must be an RFC 3339 time such as 2026-01-02T15:04:05Z")
+		}
+		if t.Sub(now) > maxDelay {
+			return time.Time{}, errors.New("Bridge-Not-Before is more than 366 days ahead")
+		}
+		if !t.After(now) {
+			return time.Time{}, nil
+		}
+		return t, nil
+	}
+	return time.Time{}, nil
 }
 
 // messageHeaders picks what a publish request stores with the message: its content type,
@@ -78,16 +154,12 @@ func (a *api) publish(w http.ResponseWriter, r *http.Request) {
 func messageHeaders(h http.Header) (map[string]string, error) {
 	out := make(map[string]string, 4)
 	if ct := h.Get("Content-Type"); ct != "" {
-		if !httpguts.ValidHeaderFieldValue(ct) || len(ct) > 256 {
-			return nil, errors.New("Content-Type is not a valid header value")
+		if err := setContentType(out, ct); err != nil {
+			return nil, err
 		}
-		out[core.HeaderContentType] = ct
 	}
-	if pk := h.Get("Bridge-Partition-Key"); pk != "" {
-		if len(pk) > maxPartitionKeyLen || !httpguts.ValidHeaderFieldValue(pk) {
-			return nil, fmt.Errorf("Bridge-Partition-Key must be a valid header value of at most %d bytes", maxPartitionKeyLen)
-		}
-		out[core.HeaderPartitionKey] = pk
+	if err := setPartitionKey(out, h.Get("Bridge-Partition-Key")); err != nil {
+		return nil, fmt.Errorf("Bridge-Partition-Key %w", err)
 	}
 	for _, name := range []string{core.HeaderTraceparent, core.HeaderTracestate} {
 		if v := h.Get(name); v != "" {
@@ -97,26 +169,184 @@ func messageHeaders(h http.Header) (map[string]string, error) {
 			out[name] = v
 		}
 	}
-	n := 0
+	fwd := make(map[string]string)
 	for k, vs := range h {
 		name, ok := strings.CutPrefix(k, forwardPrefix)
 		if !ok {
 			continue
 		}
-		if n++; n > maxForwarded {
-			return nil, fmt.Errorf("at most %d Bridge-Forward-* headers", maxForwarded)
-		}
 		if name == "" || len(vs) != 1 {
 			return nil, fmt.Errorf("%s must name a header and appear once", k)
 		}
-		if err := core.ValidateHeader(name, vs[0]); err != nil {
-			return nil, fmt.Errorf("%s: %w", k, err)
+		fwd[name] = vs[0]
+	}
+	if err := setForwarded(out, fwd, forwardPrefix); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func setContentType(out map[string]string, ct string) error {
+	if len(ct) > 256 || !httpguts.ValidHeaderFieldValue(ct) {
+		return errors.New("Content-Type is not a valid header value")
+	}
+	out[core.HeaderContentType] = ct
+	return nil
+}
+
+func setPartitionKey(out map[string]string, pk string) error {
+	if pk == "" {
+		return nil
+	}
+	if len(pk) > maxPartitionKeyLen || !httpguts.ValidHeaderFieldValue(pk) {
+		return fmt.Errorf("must be a valid header value of at most %d bytes", maxPartitionKeyLen)
+	}
+	out[core.HeaderPartitionKey] = pk
+	return nil
+}
+
+// setForwarded validates headers to deliver on the push; prefix names their origin in errors.
+func setForwarded(out map[string]string, fwd map[string]string, prefix string) error {
+	if len(fwd) > maxForwarded {
+		return fmt.Errorf("at most %d forwarded headers", maxForwarded)
+	}
+	for name, v := range fwd {
+		if err := core.ValidateHeader(name, v); err != nil {
+			return fmt.Errorf("%s%s: %w", prefix, name, err)
 		}
 		lower := strings.ToLower(name)
 		if lower == core.HeaderPartitionKey || lower == core.HeaderDeadLetterReason || strings.HasPrefix(lower, "bridge-") {
-			return nil, fmt.Errorf("%s: header %q is reserved", k, name)
+			return fmt.Errorf("%s%s: header %q is reserved", prefix, name, name)
 		}
-		out[lower] = vs[0]
+		out[lower] = v
 	}
-	return out, nil
+	return nil
+}
+
+// batchItem is one message of a batch publish.
+type batchItem struct {
+	Data           json.RawMessage   `json:"data"`
+	DataBase64     *string           `json:"data_base64"`
+	ContentType    string            `json:"content_type"`
+	Headers        map[string]string `json:"headers"`
+	PartitionKey   string            `json:"partition_key"`
+	IdempotencyKey string            `json:"idempotency_key"`
+	Delay          *core.Duration    `json:"delay"`
+}
+
+type batchRequest struct {
+	Messages []batchItem `json:"messages"`
+}
+
+type batchResult struct {
+	ID        string   `json:"id,omitempty"`
+	Duplicate bool     `json:"duplicate,omitempty"`
+	Error     *Problem `json:"error,omitempty"`
+}
+
+func (a *api) publishBatch(w http.ResponseWriter, r *http.Request) {
+	subject, ok := checkPublishTarget(w, r)
+	if !ok {
+		return
+	}
+	var req batchRequest
+	if !decodeJSONLimit(w, r, &req, false, a.opts.MaxBatchBody) {
+		return
+	}
+	if len(req.Messages) == 0 {
+		writeProblem(w, "invalid_json", `"messages" must hold at least one message`)
+		return
+	}
+	if len(req.Messages) > MaxBatch {
+		writeProblem(w, "payload_too_large", fmt.Sprintf("at most %d messages per batch", MaxBatch))
+		return
+	}
+	results := make([]batchResult, len(req.Messages))
+	outs := make([]core.Outgoing, 0, len(req.Messages))
+	index := make([]int, 0, len(req.Messages))
+	now := time.Now()
+	for i, it := range req.Messages {
+		o, code, err := a.batchOutgoing(it, now)
+		if err != nil {
+			p := newProblem(code, fmt.Sprintf("messages[%d]: %v", i, err))
+			results[i].Error = &p
+			continue
+		}
+		outs = append(outs, o)
+		index = append(index, i)
+	}
+	if len(outs) > 0 {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*requestTimeout)
+		defer cancel()
+		written := 0
+		for j, res := range a.b.PublishMany(ctx, subject, outs, a.opts.IdempotencyWindow) {
+			i := index[j]
+			if res.Err != nil {
+				code := "internal"
+				switch {
+				case errors.Is(res.Err, core.ErrWrongType):
+					code = "wrong_type"
+				case errors.Is(res.Err, core.ErrUnavailable), errors.Is(res.Err, context.DeadlineExceeded):
+					code = "redis_unavailable"
+				}
+				p := newProblem(code, fmt.Sprintf("messages[%d]: %v", i, res.Err))
+				results[i].Error = &p
+				continue
+			}
+			results[i] = batchResult{ID: res.ID, Duplicate: res.Duplicate}
+			if !res.Duplicate {
+				written++
+			}
+		}
+		a.opts.Metrics.Published(subject, written)
+	}
+	writeJSON(w, http.StatusAccepted, map[string]any{"results": results})
+}
+
+func (a *api) batchOutgoing(it batchItem, now time.Time) (core.Outgoing, string, error) {
+	o := core.Outgoing{Headers: make(map[string]string, 2), IdempotencyKey: it.IdempotencyKey}
+	hasData := len(it.Data) > 0 && !bytes.Equal(it.Data, []byte("null"))
+	switch {
+	case hasData && it.DataBase64 != nil:
+		return o, "invalid_json", errors.New(`give "data" or "data_base64", not both`)
+	case hasData:
+		o.Body = it.Data
+		o.Headers[core.HeaderContentType] = "application/json"
+	case it.DataBase64 != nil:
+		b, err := base64.StdEncoding.DecodeString(*it.DataBase64)
+		if err != nil {
+			return o, "invalid_json", errors.New(`"data_base64" is not standard base64`)
+		}
+		o.Body = b
+		o.Headers[core.HeaderContentType] = "application/octet-stream"
+	default:
+		return o, "invalid_json", errors.New(`"data" or "data_base64" is required`)
+	}
+	if int64(len(o.Body)) > a.opts.MaxBody {
+		return o, "payload_too_large", fmt.Errorf("the message exceeds %d bytes (BRIDGE_MAX_BODY)", a.opts.MaxBody)
+	}
+	if it.ContentType != "" {
+		if err := setContentType(o.Headers, it.ContentType); err != nil {
+			return o, "invalid_header", err
+		}
+	}
+	if err := setPartitionKey(o.Headers, it.PartitionKey); err != nil {
+		return o, "invalid_header", fmt.Errorf("partition_key %w", err)
+	}
+	if err := setForwarded(o.Headers, it.Headers, "headers."); err != nil {
+		return o, "invalid_header", err
+	}
+	if err := checkIdempotencyKey(it.IdempotencyKey); err != nil {
+		return o, "invalid_header", fmt.Errorf("idempotency_key %w", err)
+	}
+	if it.Delay != nil {
+		d := time.Duration(*it.Delay)
+		if d < 0 || d > maxDelay {
+			return o, "invalid_json", errors.New(`"delay" must be between 0 and 366 days`)
+		}
+		if d > 0 {
+			o.NotBefore = now.Add(d)
+		}
+	}
+	return o, "", nil
 }

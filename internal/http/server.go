@@ -9,11 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 
 	"github.com/bridge-dev/bridge/internal/core"
+	"github.com/bridge-dev/bridge/internal/registry"
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
 	"go.uber.org/zap"
@@ -23,15 +23,23 @@ import (
 type Broker interface {
 	Ping(ctx context.Context) error
 	Publish(ctx context.Context, subject string, body []byte, headers map[string]string) (string, error)
-	EnsureGroup(ctx context.Context, subject, sub, start string) (bool, error)
+	PublishMany(ctx context.Context, subject string, msgs []core.Outgoing, window time.Duration) []core.Published
 	DestroyGroup(ctx context.Context, subject, sub string) error
-	PutSubscription(ctx context.Context, s *core.Subscription) (bool, error)
 	GetSubscription(ctx context.Context, name string) (*core.Subscription, error)
 	ListSubscriptions(ctx context.Context) ([]*core.Subscription, int64, error)
 	DeleteSubscription(ctx context.Context, name string) error
 	DeadLetters(ctx context.Context, s *core.Subscription, after string, limit int) ([]core.DeadLetter, error)
 	ReplayDeadLetters(ctx context.Context, s *core.Subscription, ids []string) (int, error)
 	SubscriptionStats(ctx context.Context, s *core.Subscription) (core.GroupStats, error)
+	Seek(ctx context.Context, s *core.Subscription, to string, at time.Time) error
+	PurgeDeadLetters(ctx context.Context, s *core.Subscription) (int64, error)
+}
+
+// Registry applies subscription changes. *registry.Registry implements it.
+type Registry interface {
+	Apply(ctx context.Context, name string, in core.SubscriptionInput) (registry.Result, error)
+	SetPaused(ctx context.Context, name string, paused bool, reason string) (*core.Subscription, error)
+	RotateSecret(ctx context.Context, name string) (*core.Subscription, error)
 }
 
 // Engine is what the API reads from the delivery engine.
@@ -40,24 +48,33 @@ type Engine interface {
 	LocalStats(name string) core.LocalStats
 }
 
-// URLChecker validates webhook URLs at registration (the SSRF guard).
-type URLChecker interface {
-	CheckURL(raw string) (*url.URL, error)
-}
-
 // Options configure the API.
 type Options struct {
 	// Token, when set, is required as a bearer token on every /v1 route.
 	Token string
 	// MaxBody bounds a published message (413 above it).
 	MaxBody int64
-	Guard   URLChecker
-	// IsDenied tells a refused target (400 target_not_allowed) from a malformed URL.
-	IsDenied func(error) bool
+	// MaxBatchBody bounds a batch publish request (413 above it); default 16 MiB.
+	MaxBatchBody int64
+	// IdempotencyWindow is how long an Idempotency-Key is remembered; default 24 h.
+	IdempotencyWindow time.Duration
 	// OpenAPI is the document served at /openapi.yaml.
 	OpenAPI []byte
 	Logger  *zap.Logger
+	// Metrics records what the API does; nil records nothing.
+	Metrics Metrics
 }
+
+// Metrics is what the API reports.
+type Metrics interface {
+	Published(subject string, n int)
+	PublishError(code string)
+}
+
+type noMetrics struct{}
+
+func (noMetrics) Published(string, int) {}
+func (noMetrics) PublishError(string)   {}
 
 // maxJSONBody bounds every JSON request body other than a published message.
 const maxJSONBody = 64 << 10
@@ -67,6 +84,7 @@ const requestTimeout = 5 * time.Second
 
 type api struct {
 	b        Broker
+	reg      Registry
 	e        Engine
 	opts     Options
 	log      *zap.Logger
@@ -74,14 +92,23 @@ type api struct {
 }
 
 // NewHandler returns the API's HTTP handler.
-func NewHandler(b Broker, e Engine, opts Options) http.Handler {
+func NewHandler(b Broker, reg Registry, e Engine, opts Options) http.Handler {
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
-	if opts.IsDenied == nil {
-		opts.IsDenied = func(error) bool { return false }
+	if opts.Metrics == nil {
+		opts.Metrics = noMetrics{}
 	}
-	a := &api{b: b, e: e, opts: opts, log: opts.Logger}
+	if opts.MaxBatchBody <= 0 {
+		opts.MaxBatchBody = 16 << 20
+	}
+	if opts.IdempotencyWindow <= 0 {
+		opts.IdempotencyWindow = 24 * time.Hour
+	}
+	if opts.MaxBody <= 0 {
+		opts.MaxBody = 1 << 20
+	}
+	a := &api{b: b, reg: reg, e: e, opts: opts, log: opts.Logger}
 	if opts.Token != "" {
 		a.tokenSum = sha256.Sum256([]byte(opts.Token))
 	}
@@ -104,6 +131,7 @@ func NewHandler(b Broker, e Engine, opts Options) http.Handler {
 	r.Route("/v1", func(r chi.Router) {
 		r.Use(a.authenticate)
 		r.Post("/subjects/{subject}/messages", a.publish)
+		r.Post("/subjects/{subject}/batch", a.publishBatch)
 		r.Get("/subscriptions", a.listSubscriptions)
 		r.Route("/subscriptions/{name}", func(r chi.Router) {
 			r.Put("/", a.putSubscription)
@@ -112,7 +140,10 @@ func NewHandler(b Broker, e Engine, opts Options) http.Handler {
 			r.Post("/pause", a.pause)
 			r.Post("/resume", a.resume)
 			r.Get("/secret", a.secret)
+			r.Post("/secret/rotate", a.rotateSecret)
+			r.Post("/seek", a.seek)
 			r.Get("/dead-letters", a.deadLetters)
+			r.Delete("/dead-letters", a.purgeDeadLetters)
 			r.Post("/dead-letters/replay", a.replay)
 		})
 	})
@@ -206,7 +237,10 @@ func (a *api) recoverer(next http.Handler) http.Handler {
 
 // fail maps a broker error to its problem.
 func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
+	var ie *registry.InputError
 	switch {
+	case errors.As(err, &ie):
+		writeProblem(w, ie.Code, ie.Detail)
 	case errors.Is(err, core.ErrNotFound):
 		writeProblem(w, "not_found", err.Error())
 	case errors.Is(err, core.ErrWrongType):

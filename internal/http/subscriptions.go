@@ -15,7 +15,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/bridge-dev/bridge/internal/core"
-	"github.com/bridge-dev/bridge/internal/webhook"
 	"github.com/go-chi/chi/v5"
 )
 
@@ -27,7 +26,7 @@ type subscriptionView struct {
 
 func view(s *core.Subscription) subscriptionView {
 	c := *s
-	c.Secret = ""
+	c.Secret, c.PreviousSecret, c.PreviousSecretUntil = "", "", nil
 	return subscriptionView{Subscription: &c}
 }
 
@@ -47,11 +46,15 @@ type statsView struct {
 
 // decodeJSON reads a bounded JSON body that must be one object with only known fields.
 func decodeJSON(w http.ResponseWriter, r *http.Request, v any, allowEmpty bool) bool {
-	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxJSONBody))
+	return decodeJSONLimit(w, r, v, allowEmpty, maxJSONBody)
+}
+
+func decodeJSONLimit(w http.ResponseWriter, r *http.Request, v any, allowEmpty bool, limit int64) bool {
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			writeProblem(w, "payload_too_large", fmt.Sprintf("the JSON body exceeds %d bytes", maxJSONBody))
+			writeProblem(w, "payload_too_large", fmt.Sprintf("the JSON body exceeds %d bytes", limit))
 		} else {
 			writeProblem(w, "invalid_json", "could not read the request body")
 		}
@@ -107,72 +110,19 @@ func (a *api) putSubscription(w http.ResponseWriter, r *http.Request) {
 	if !decodeJSON(w, r, &in, false) {
 		return
 	}
-	s, err := in.Build(name)
-	if err != nil {
-		writeProblem(w, "invalid_subscription", err.Error())
-		return
-	}
-	if _, err := a.opts.Guard.CheckURL(s.URL); err != nil {
-		if a.opts.IsDenied(err) {
-			writeProblem(w, "target_not_allowed", err.Error()+" (allow it with BRIDGE_TARGET_ALLOW_CIDRS)")
-		} else {
-			writeProblem(w, "invalid_url", err.Error())
-		}
-		return
-	}
-	if s.Secret != "" {
-		if err := webhook.ValidateSecret(s.Secret); err != nil {
-			writeProblem(w, "invalid_secret", err.Error())
-			return
-		}
-	}
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
-	old, err := a.b.GetSubscription(ctx, name)
-	switch {
-	case errors.Is(err, core.ErrNotFound):
-		old = nil
-	case err != nil:
-		a.fail(w, r, err)
-		return
-	}
-	now := time.Now().UTC()
-	s.CreatedAt, s.UpdatedAt = now, now
-	if old != nil {
-		if old.Subject != s.Subject {
-			writeProblem(w, "subject_immutable", fmt.Sprintf("subscription %s reads %s; delete it to read another subject", name, old.Subject))
-			return
-		}
-		s.CreatedAt = old.CreatedAt
-		if s.Secret == "" {
-			s.Secret = old.Secret
-		}
-	}
-	if s.Secret == "" {
-		if s.Secret, err = webhook.NewSecret(); err != nil {
-			a.fail(w, r, err)
-			return
-		}
-	}
-	if s.Paused {
-		s.PausedReason = "paused by configuration"
-	}
-	// The group first: if the subject's key holds another type this fails with nothing stored.
-	if _, err := a.b.EnsureGroup(ctx, s.Subject, s.Name, s.Start); err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	replaced, err := a.b.PutSubscription(ctx, s)
+	res, err := a.reg.Apply(ctx, name, in)
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	status := http.StatusCreated
-	if replaced {
-		status = http.StatusOK
+	status := http.StatusOK
+	if res.Created {
+		status = http.StatusCreated
 	}
-	v := view(s)
-	v.Secret = s.Secret
+	v := view(res.Subscription)
+	v.Secret = res.Subscription.Secret
 	writeJSON(w, status, v)
 }
 
@@ -238,23 +188,33 @@ func (a *api) pause(w http.ResponseWriter, r *http.Request)  { a.setPaused(w, r,
 func (a *api) resume(w http.ResponseWriter, r *http.Request) { a.setPaused(w, r, false) }
 
 func (a *api) setPaused(w http.ResponseWriter, r *http.Request, paused bool) {
-	s, ok := a.load(w, r)
+	name, ok := a.name(w, r)
 	if !ok {
 		return
 	}
-	if s.Paused != paused {
-		s.Paused, s.PausedReason, s.UpdatedAt = paused, "", time.Now().UTC()
-		if paused {
-			s.PausedReason = "paused by API"
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
-		defer cancel()
-		if _, err := a.b.PutSubscription(ctx, s); err != nil {
-			a.fail(w, r, err)
-			return
-		}
+	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+	defer cancel()
+	s, err := a.reg.SetPaused(ctx, name, paused, "paused by API")
+	if err != nil {
+		a.fail(w, r, err)
+		return
 	}
 	writeJSON(w, http.StatusOK, view(s))
+}
+
+// secretView shows the signing secrets; previous_* only while a rotated-out secret still signs.
+type secretView struct {
+	Secret              string     `json:"secret"`
+	PreviousSecret      string     `json:"previous_secret,omitempty"`
+	PreviousSecretUntil *time.Time `json:"previous_secret_until,omitempty"`
+}
+
+func secrets(s *core.Subscription) secretView {
+	v := secretView{Secret: s.Secret}
+	if len(s.Secrets(time.Now())) > 1 {
+		v.PreviousSecret, v.PreviousSecretUntil = s.PreviousSecret, s.PreviousSecretUntil
+	}
+	return v
 }
 
 func (a *api) secret(w http.ResponseWriter, r *http.Request) {
@@ -262,7 +222,70 @@ func (a *api) secret(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"secret": s.Secret})
+	writeJSON(w, http.StatusOK, secrets(s))
+}
+
+func (a *api) rotateSecret(w http.ResponseWriter, r *http.Request) {
+	name, ok := a.name(w, r)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+	defer cancel()
+	s, err := a.reg.RotateSecret(ctx, name)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, secrets(s))
+}
+
+type seekRequest struct {
+	To string `json:"to"`
+}
+
+func (a *api) seek(w http.ResponseWriter, r *http.Request) {
+	s, ok := a.load(w, r)
+	if !ok {
+		return
+	}
+	var req seekRequest
+	if !decodeJSON(w, r, &req, false) {
+		return
+	}
+	var at time.Time
+	switch {
+	case req.To == "beginning", req.To == "end", core.ValidEntryID(req.To):
+	default:
+		t, err := time.Parse(time.RFC3339Nano, req.To)
+		if err != nil {
+			writeProblem(w, "invalid_json", `"to" must be "beginning", "end", a stream entry id or an RFC 3339 time`)
+			return
+		}
+		at = t
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+	defer cancel()
+	if err := a.b.Seek(ctx, s, req.To, at); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"to": req.To})
+}
+
+func (a *api) purgeDeadLetters(w http.ResponseWriter, r *http.Request) {
+	s, ok := a.load(w, r)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+	defer cancel()
+	n, err := a.b.PurgeDeadLetters(ctx, s)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]int64{"purged": n})
 }
 
 type deadLetterView struct {
