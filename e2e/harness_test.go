@@ -373,3 +373,13 @@ func logLevel() string {
 	}
 	return "info"
 }
+
+// runOnce runs the binary to completion with env and returns its stderr (stdout ignored).
+func runOnce(env []string) (string, error) {
+	cmd := exec.Command(bridgeBin)
+	cmd.Env = env
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	return stderr.String(), err
+}

@@ -1,11 +1,16 @@
 // Command bridge-bench is the bridge's self-contained load test (`make bench`).
 //
-// It starts its own redis-server and bridge on loopback ports, measures raw
-// XADD with redis-benchmark as the ceiling, then drives the bridge through
-// three phases (publish only, publish-to-push end to end, and draining a
-// backlog), and prints one table comparing the results with the reference
-// numbers of a minimal implementation. Every phase is bounded in time, and
-// every child process is stopped on exit, error or Ctrl-C.
+// It starts its own redis-server on a loopback port, measures raw XADD with
+// redis-benchmark as the ceiling, then drives two servers in turn through the
+// same three phases (publish only, publish-to-push end to end, and draining a
+// backlog) with the same load client: the bridge, and a minimal
+// implementation of the same API subset (minimal.go, run as a separate
+// process by this binary's hidden -serve-minimal mode). Redis is flushed
+// before each server. The report puts both side by side; the targets are
+// ratios of the bridge to the minimal implementation measured in the same
+// run, because absolute numbers on a shared, noisy machine say little. Every
+// phase is bounded in time, and every child process is stopped on exit, error
+// or Ctrl-C.
 package main
 
 import (
@@ -29,14 +34,20 @@ import (
 	"time"
 )
 
-// Reference numbers of minimal implementations on the reference machine (from
-// the performance issue); the bridge should reach targetShare of each.
+// Targets: the bridge against the minimal implementation in the same run.
 const (
-	refPublishRPS = 27000.0 // minimal publish handler, req/s
-	refDrainRPS   = 31000.0 // minimal consume-push-ack loop, pushes/s
-	refE2ERPS     = 13000.0 // minimal end to end, msg/s
-	refE2EP99     = 12 * time.Millisecond
-	targetShare   = 0.8
+	targetShare     = 0.8  // bridge throughput >= this share of minimal's
+	targetP99Factor = 1.25 // bridge end-to-end p99 <= this times minimal's
+)
+
+// The performance issue's figures for minimal implementations, measured on
+// another machine on another day. Informational only (one note line in the
+// report); issueE2ERPS also sizes the receiver's dedup set.
+const (
+	issuePublishRPS = 27000.0 // minimal publish handler, req/s
+	issueDrainRPS   = 31000.0 // minimal consume-push-ack loop, pushes/s
+	issueE2ERPS     = 13000.0 // minimal end to end, msg/s
+	issueE2EP99     = 12 * time.Millisecond
 )
 
 const (
@@ -58,6 +69,7 @@ type options struct {
 	size        int
 	maxInFlight int
 	drainN      int
+	only        string
 	json        bool
 }
 
@@ -70,6 +82,7 @@ func parseFlags() options {
 	flag.IntVar(&o.size, "size", 256, "message body size in bytes (at least 16)")
 	flag.IntVar(&o.maxInFlight, "max-in-flight", 256, "max_in_flight of the benchmark subscriptions")
 	flag.IntVar(&o.drainN, "drain-n", 100000, "messages in the drain phase's backlog")
+	flag.StringVar(&o.only, "only", "both", "servers to measure: bridge, minimal (the in-run reference implementation) or both")
 	flag.BoolVar(&o.json, "json", false, "also print the results as JSON")
 	flag.Parse()
 	switch {
@@ -83,6 +96,8 @@ func parseFlags() options {
 		usageError("-max-in-flight must be at least 1")
 	case o.drainN < 1 || o.drainN > 10_000_000:
 		usageError("-drain-n must be between 1 and 10000000")
+	case o.only != "bridge" && o.only != "minimal" && o.only != "both":
+		usageError("-only must be bridge, minimal or both")
 	}
 	return o
 }
@@ -101,33 +116,48 @@ type results struct {
 		MaxInFlight int    `json:"max_in_flight"`
 		DrainN      int    `json:"drain_n"`
 		CPUs        int    `json:"cpus"`
+		Only        string `json:"only"`
 	} `json:"options"`
+	// LoadAvg is /proc/loadavg at the start and the end of the run, for
+	// judging how noisy the machine was.
+	LoadAvg struct {
+		Start string `json:"start,omitempty"`
+		End   string `json:"end,omitempty"`
+	} `json:"loadavg"`
 	Baseline struct {
 		XAddPerSec          float64 `json:"xadd_per_sec"`
 		XAddPipelinedPerSec float64 `json:"xadd_pipelined_per_sec"`
 		Note                string  `json:"note,omitempty"`
 	} `json:"baseline"`
+	// Bridge and Minimal are the two columns: the same phases, the same load
+	// client, one after the other on the same Redis (flushed in between).
+	Bridge  *serverResult `json:"bridge,omitempty"`
+	Minimal *serverResult `json:"minimal,omitempty"`
+	// Comparison holds the target ratios, when both servers were measured.
+	Comparison []comparison `json:"comparison,omitempty"`
+	// Problems are observations that point at a bug (failed phases, lost or
+	// duplicated messages, publish errors, a bad exit), in either server;
+	// any makes the exit status 1.
+	Problems []string `json:"problems"`
+}
+
+// serverResult is what the phases measured against one server.
+type serverResult struct {
 	Publish *publishResult `json:"publish,omitempty"`
 	E2E     *e2eResult     `json:"e2e,omitempty"`
 	Drain   *drainResult   `json:"drain,omitempty"`
-	// CPU is the cores each process (bridge, redis, bench) used per phase,
+	// CPU is the cores each process (server, redis, bench) used per phase,
 	// over the phase's busy window only (publishing, or pushing until the
 	// last message arrived), so idle waits do not dilute it.
-	CPU    map[string]map[string]float64 `json:"cpu_cores"`
-	Bridge struct {
-		PeakRSS     uint64        `json:"peak_rss_bytes"`
-		RSS         uint64        `json:"rss_bytes"`
-		ExitCode    int           `json:"exit_code"`
-		Shutdown    time.Duration `json:"shutdown_ns"`
-		Killed      bool          `json:"killed"`
-		LogLines    int           `json:"log_lines"`
-		LogSummary  []string      `json:"log_summary,omitempty"`
-		StartupTime time.Duration `json:"startup_ns"`
-	} `json:"bridge"`
-	// Problems are observations that point at a bug (failed phases, lost or
-	// duplicated messages, publish errors, a bad exit); any makes the exit
-	// status 1.
-	Problems []string `json:"problems"`
+	CPU         map[string]map[string]float64 `json:"cpu_cores"`
+	PeakRSS     uint64                        `json:"peak_rss_bytes"`
+	RSS         uint64                        `json:"rss_bytes"`
+	ExitCode    int                           `json:"exit_code"`
+	Shutdown    time.Duration                 `json:"shutdown_ns"`
+	Killed      bool                          `json:"killed"`
+	LogLines    int                           `json:"log_lines"`
+	LogSummary  []string                      `json:"log_summary,omitempty"`
+	StartupTime time.Duration                 `json:"startup_ns"`
 }
 
 type e2eResult struct {
@@ -154,6 +184,12 @@ type drainResult struct {
 }
 
 func main() {
+	// Hidden mode: this binary is also the minimal implementation the bridge
+	// is compared with, so that it runs in a process of its own.
+	if len(os.Args) > 1 && (os.Args[1] == "-serve-minimal" || os.Args[1] == "--serve-minimal") {
+		minimalMain(os.Args[2:])
+		return
+	}
 	o := parseFlags()
 	// The first Ctrl-C cancels ctx: phases stop, children are stopped in
 	// order. A second one kills the benchmark (and, on Linux, its children
@@ -181,14 +217,24 @@ func main() {
 	}
 }
 
-// bench is one run's shared state, handed to the phases.
+// target is one server under test: how to start it on a listen address.
+type target struct {
+	name string // "bridge" or "minimal"
+	// bridgeHeaders: the receiver also checks the headers only the bridge
+	// sends (signature, delivery count).
+	bridgeHeaders bool
+	start         func(listen, redisAddr, logPath string) (*process, error)
+}
+
+// bench is one server's run state, handed to the phases.
 type bench struct {
-	o         options
-	api       *apiClient
-	redisAddr string
-	problem   func(format string, args ...any)
-	meter     cpuMeter
-	cpu       map[string]map[string]float64 // results.CPU
+	o             options
+	api           *apiClient
+	redisAddr     string
+	bridgeHeaders bool
+	problem       func(format string, args ...any)
+	meter         cpuMeter
+	cpu           map[string]map[string]float64 // serverResult.CPU
 }
 
 func run(ctx context.Context, o options) (res *results, err error) {
@@ -196,9 +242,9 @@ func run(ctx context.Context, o options) (res *results, err error) {
 	res.Options.Duration = o.duration.String()
 	res.Options.Conns, res.Options.Size, res.Options.MaxInFlight, res.Options.DrainN = o.conns, o.size, o.maxInFlight, o.drainN
 	res.Options.CPUs = runtime.NumCPU()
-	problem := func(format string, args ...any) {
-		res.Problems = append(res.Problems, fmt.Sprintf(format, args...))
-	}
+	res.Options.Only = o.only
+	res.LoadAvg.Start = loadAvg()
+	defer func() { res.LoadAvg.End = loadAvg() }()
 
 	dir, err := os.MkdirTemp("", "bridge-bench-")
 	if err != nil {
@@ -210,12 +256,34 @@ func run(ctx context.Context, o options) (res *results, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s not found (run scripts/ensure-redis.sh): %w", o.redisServer, err)
 	}
-	bridgeBin := o.bridge
-	if bridgeBin == "" {
-		step("building ./cmd/bridge")
-		if bridgeBin, err = buildBridge(ctx, dir); err != nil {
-			return nil, err
+	var targets []target
+	if o.only != "minimal" {
+		bridgeBin := o.bridge
+		if bridgeBin == "" {
+			step("building ./cmd/bridge")
+			if bridgeBin, err = buildBridge(ctx, dir); err != nil {
+				return nil, err
+			}
 		}
+		targets = append(targets, target{name: "bridge", bridgeHeaders: true, start: func(listen, redisAddr, logPath string) (*process, error) {
+			return startProcess("bridge", logPath, bridgeEnv(map[string]string{
+				"BRIDGE_LISTEN":             listen,
+				"BRIDGE_REDIS_URL":          "redis://" + redisAddr,
+				"BRIDGE_TARGET_ALLOW_CIDRS": "127.0.0.1/32",
+				"BRIDGE_LOG_LEVEL":          "warn",
+				"BRIDGE_SHUTDOWN_GRACE":     shutdownGrace.String(),
+			}), bridgeBin)
+		}})
+	}
+	if o.only != "bridge" {
+		self, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("locating this binary for -serve-minimal: %w", err)
+		}
+		targets = append(targets, target{name: "minimal", start: func(listen, redisAddr, logPath string) (*process, error) {
+			return startProcess("minimal", logPath, bridgeEnv(nil), self,
+				"-serve-minimal", "-listen", listen, "-redis", redisAddr)
+		}})
 	}
 
 	step("starting redis-server")
@@ -236,42 +304,69 @@ func run(ctx context.Context, o options) (res *results, err error) {
 		} else if res.Baseline.XAddPipelinedPerSec, err = redisBenchmark(ctx, benchBin, redisAddr, o.conns, baselineRequests, o.size, baselinePipeline); err != nil {
 			res.Baseline.Note = err.Error()
 		}
-		// 400k entries would otherwise sit in Redis's memory for the whole run.
-		_, _ = redisDo(redisAddr, "DEL", "bench:raw")
 	}
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
 
-	step("starting the bridge")
+	// Bridge first, then minimal; the load average at both ends of the run
+	// (in the report) tells whether the machine drifted in between.
+	for _, t := range targets {
+		// A fresh Redis for each server: the baseline's entries, or the
+		// previous server's streams and groups, would otherwise sit in its
+		// memory and keyspace.
+		if _, err := redisDo(redisAddr, "FLUSHALL"); err != nil {
+			return res, fmt.Errorf("FLUSHALL before %s: %w", t.name, err)
+		}
+		sr := &serverResult{CPU: map[string]map[string]float64{}}
+		switch t.name {
+		case "bridge":
+			res.Bridge = sr
+		default:
+			res.Minimal = sr
+		}
+		problem := func(format string, args ...any) {
+			res.Problems = append(res.Problems, t.name+": "+fmt.Sprintf(format, args...))
+		}
+		if err := runServer(ctx, o, t, sr, dir, redis, redisAddr, problem); err != nil {
+			return res, err
+		}
+	}
+	res.Comparison = compare(res.Bridge, res.Minimal)
+	redis.stop(syscall.SIGTERM, 5*time.Second)
+	return res, nil
+}
+
+// runServer starts one server, runs the phases against it and stops it. It
+// returns an error only when the run cannot go on (interrupted); a server
+// that fails is reported through problem, and the next one still runs.
+func runServer(ctx context.Context, o options, t target, sr *serverResult, dir string, redis *process, redisAddr string, problem func(string, ...any)) error {
+	step("starting " + t.name)
 	port, err := freePort()
 	if err != nil {
-		return res, err
+		return err
 	}
 	listen := fmt.Sprintf("127.0.0.1:%d", port)
 	started := time.Now()
-	bridge, err := startProcess("bridge", filepath.Join(dir, "bridge.log"), bridgeEnv(map[string]string{
-		"BRIDGE_LISTEN":             listen,
-		"BRIDGE_REDIS_URL":          "redis://" + redisAddr,
-		"BRIDGE_TARGET_ALLOW_CIDRS": "127.0.0.1/32",
-		"BRIDGE_LOG_LEVEL":          "warn",
-		"BRIDGE_SHUTDOWN_GRACE":     shutdownGrace.String(),
-	}), bridgeBin)
+	srv, err := t.start(listen, redisAddr, filepath.Join(dir, t.name+".log"))
 	if err != nil {
-		return res, err
+		return err
 	}
-	defer bridge.kill()
+	defer srv.kill()
 	a := newAPIClient("http://" + listen)
-	if err := a.waitReady(ctx, bridge); err != nil {
-		return res, err
+	if err := a.waitReady(ctx, srv); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		problem("%v", err)
+		return nil
 	}
-	res.Bridge.StartupTime = time.Since(started)
+	sr.StartupTime = time.Since(started)
 
-	// CPU per phase tells whether a low number is the bridge being slow or
-	// the machine being saturated (load generator, bridge and Redis share it).
-	res.CPU = map[string]map[string]float64{}
-	b := &bench{o: o, api: a, redisAddr: redisAddr, problem: problem, cpu: res.CPU,
-		meter: cpuMeter{"bridge": bridge.pid(), "redis": redis.pid(), "bench": os.Getpid()}}
+	// CPU per phase tells whether a low number is the server being slow or
+	// the machine being saturated (load generator, server and Redis share it).
+	b := &bench{o: o, api: a, redisAddr: redisAddr, bridgeHeaders: t.bridgeHeaders, problem: problem, cpu: sr.CPU,
+		meter: cpuMeter{"server": srv.pid(), "redis": redis.pid(), "bench": os.Getpid()}}
 	phases := []struct {
 		name string
 		run  func() error
@@ -282,66 +377,78 @@ func run(ctx context.Context, o options) (res *results, err error) {
 				url: a.base + "/v1/subjects/bench.publish/messages", conns: o.conns, size: o.size,
 				until: time.Now().Add(o.duration),
 			})
-			res.CPU["publish"] = w.stop()
-			res.Publish = &r
+			sr.CPU["publish"] = w.stop()
+			sr.Publish = &r
 			notePublishErrors(problem, "publish", r)
 			return nil
 		}},
 		{"end-to-end", func() error {
 			r, err := b.phaseE2E(ctx)
-			res.E2E = r
+			sr.E2E = r
 			return err
 		}},
 		{"drain", func() error {
 			r, err := b.phaseDrain(ctx)
-			res.Drain = r
+			sr.Drain = r
 			return err
 		}},
 	}
 	for _, ph := range phases {
-		if bridge.exited() {
-			problem("bridge exited during the run (%v); phase %s and later skipped; log tail:\n%s", bridge.err, ph.name, bridge.logTail(20))
+		if srv.exited() {
+			problem("%s exited during the run (%v); phase %s and later skipped; log tail:\n%s", t.name, srv.err, ph.name, srv.logTail(20))
 			break
 		}
-		step("phase " + ph.name)
+		step(t.name + ": phase " + ph.name)
 		err := ph.run()
 		if ctx.Err() != nil {
 			// An interrupted phase's numbers are partial: leave them out.
 			switch ph.name {
 			case "publish":
-				res.Publish = nil
+				sr.Publish = nil
 			case "end-to-end":
-				res.E2E = nil
+				sr.E2E = nil
 			case "drain":
-				res.Drain = nil
+				sr.Drain = nil
 			}
-			delete(res.CPU, ph.name)
-			return res, ctx.Err()
+			delete(sr.CPU, ph.name)
+			return ctx.Err()
 		}
 		if err != nil {
 			problem("phase %s: %v", ph.name, err)
 		}
 	}
 
-	if !bridge.exited() {
-		if peak, cur, err := memStatus(bridge.pid()); err == nil {
-			res.Bridge.PeakRSS, res.Bridge.RSS = peak, cur
+	if !srv.exited() {
+		if peak, cur, err := memStatus(srv.pid()); err == nil {
+			sr.PeakRSS, sr.RSS = peak, cur
 		}
 	}
-	step("stopping the bridge (SIGTERM)")
-	// Grace plus a margin: a bridge that overruns its own grace period is a
+	step("stopping " + t.name + " (SIGTERM)")
+	// Grace plus a margin: a server that overruns its own grace period is a
 	// finding, but the benchmark still has to end.
-	code, took, killed := bridge.stop(syscall.SIGTERM, shutdownGrace+10*time.Second)
-	res.Bridge.ExitCode, res.Bridge.Shutdown, res.Bridge.Killed = code, took, killed
+	code, took, killed := srv.stop(syscall.SIGTERM, shutdownGrace+10*time.Second)
+	sr.ExitCode, sr.Shutdown, sr.Killed = code, took, killed
 	switch {
 	case killed:
-		problem("bridge did not exit within %s of SIGTERM (grace %s); killed", shutdownGrace+10*time.Second, shutdownGrace)
+		problem("did not exit within %s of SIGTERM (grace %s); killed", shutdownGrace+10*time.Second, shutdownGrace)
 	case code != 0:
-		problem("bridge exited with status %d after SIGTERM", code)
+		problem("exited with status %d after SIGTERM", code)
 	}
-	res.Bridge.LogLines, res.Bridge.LogSummary = summarizeLog(bridge.logPath, 8)
-	redis.stop(syscall.SIGTERM, 5*time.Second)
-	return res, nil
+	sr.LogLines, sr.LogSummary = summarizeLog(srv.logPath, 8)
+	return nil
+}
+
+// loadAvg is the first three fields of /proc/loadavg ("" where there is none).
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) > 3 {
+		f = f[:3]
+	}
+	return strings.Join(f, " ")
 }
 
 // phaseE2E measures publish-to-push latency and throughput with a live
@@ -349,8 +456,8 @@ func run(ctx context.Context, o options) (res *results, err error) {
 func (b *bench) phaseE2E(ctx context.Context) (*e2eResult, error) {
 	o, a, problem := b.o, b.api, b.problem
 	const name, subject = "bench-e2e", "bench.e2e"
-	expect := int(float64(refE2ERPS)*2*o.duration.Seconds()) + 1024
-	rcv, err := startReceiver(o.size, expect)
+	expect := int(issueE2ERPS*2*o.duration.Seconds()) + 1024
+	rcv, err := startReceiver(o.size, expect, b.bridgeHeaders)
 	if err != nil {
 		return nil, err
 	}
@@ -412,7 +519,7 @@ func (b *bench) phaseE2E(ctx context.Context) (*e2eResult, error) {
 func (b *bench) phaseDrain(ctx context.Context) (*drainResult, error) {
 	o, a, problem := b.o, b.api, b.problem
 	const name, subject = "bench-drain", "bench.drain"
-	rcv, err := startReceiver(o.size, o.drainN)
+	rcv, err := startReceiver(o.size, o.drainN, b.bridgeHeaders)
 	if err != nil {
 		return nil, err
 	}
@@ -526,9 +633,9 @@ func (a *apiClient) waitReady(ctx context.Context, p *process) error {
 		case ctx.Err() != nil:
 			return ctx.Err()
 		case p.exited():
-			return fmt.Errorf("bridge exited before it was ready (%v):\n%s", p.err, p.logTail(20))
+			return fmt.Errorf("%s exited before it was ready (%v):\n%s", p.name, p.err, p.logTail(20))
 		case time.Now().After(deadline):
-			return fmt.Errorf("bridge not ready within %s (last: %s):\n%s", readyTimeout, describe(status, body, err), p.logTail(20))
+			return fmt.Errorf("%s not ready within %s (last: %s):\n%s", p.name, readyTimeout, describe(status, body, err), p.logTail(20))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -647,113 +754,6 @@ func isExecutable(path string) bool {
 
 // step prints progress to stderr, so stdout carries only the report.
 func step(s string) { fmt.Fprintf(os.Stderr, "bridge-bench: %s\n", s) }
-
-func printTable(w io.Writer, r *results) {
-	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
-	p("")
-	p("bridge-bench  duration=%s conns=%d size=%dB max_in_flight=%d drain=%d cpus=%d",
-		r.Options.Duration, r.Options.Conns, r.Options.Size, r.Options.MaxInFlight, r.Options.DrainN, r.Options.CPUs)
-	p("%-10s %-34s %s", "phase", "metric", "value")
-	p("%s", strings.Repeat("-", 78))
-	if r.Baseline.Note != "" {
-		p("%-10s %-34s %s", "baseline", "redis-benchmark XADD", r.Baseline.Note)
-	}
-	if r.Baseline.XAddPerSec > 0 {
-		p("%-10s %-34s %s/s", "baseline", "XADD (unpipelined)", num(r.Baseline.XAddPerSec))
-	}
-	if r.Baseline.XAddPipelinedPerSec > 0 {
-		p("%-10s %-34s %s/s", "baseline", fmt.Sprintf("XADD (pipelined -P %d)", baselinePipeline), num(r.Baseline.XAddPipelinedPerSec))
-	}
-	if pr := r.Publish; pr != nil {
-		p("%-10s %-34s %s req/s  (%s accepted, %d errors)", "publish", "POST /v1/subjects/../messages", num(pr.ReqPerSec), num(float64(pr.Accepted)), pr.Errors)
-		p("%-10s %-34s p50 %s  p99 %s  max %s", "publish", "request latency", ms(pr.P50), ms(pr.P99), ms(pr.Max))
-	}
-	if e := r.E2E; e != nil {
-		p("%-10s %-34s %s req/s  (%d errors)", "e2e", "publish while delivering", num(e.Publish.ReqPerSec), e.Publish.Errors)
-		p("%-10s %-34s %s msg/s  (%s of %s pushed, %d duplicates)", "e2e", "pushes (first publish->last push)", num(e.PushesPerSec), num(float64(e.Received)), num(float64(e.Publish.Accepted)), e.Duplicates)
-		p("%-10s %-34s p50 %s  p99 %s  max %s", "e2e", "publish-to-push latency", ms(e.P50), ms(e.P99), ms(e.Max))
-		p("%-10s %-34s %s", "e2e", "subscription pickup (PUT->push)", ms(e.Pickup))
-	}
-	if d := r.Drain; d != nil {
-		p("%-10s %-34s %s req/s  (%d errors)", "drain", "publish backlog (paused)", num(d.Publish.ReqPerSec), d.Publish.Errors)
-		p("%-10s %-34s %s pushes/s  (%s of %s, %d duplicates)", "drain", "drain (first push->last push)", num(d.PushesPerSec), num(float64(d.Received)), num(float64(d.Publish.Accepted)), d.Duplicates)
-		p("%-10s %-34s first push %s, all %s", "drain", "after resume", ms(d.Pickup), ms(d.ResumeToLast))
-	}
-	for _, ph := range [][2]string{{"publish", "publish"}, {"e2e", "end-to-end"}, {"drain", "drain"}} {
-		if c, ok := r.CPU[ph[1]]; ok && len(c) > 0 {
-			p("%-10s %-34s bridge %.2f  redis %.2f  bench %.2f  (of %d)", ph[0], "CPU while busy, cores", c["bridge"], c["redis"], c["bench"], r.Options.CPUs)
-		}
-	}
-	b := r.Bridge
-	if b.PeakRSS > 0 {
-		p("%-10s %-34s %.1f MiB  (current %.1f MiB)", "bridge", "peak RSS (VmHWM)", mib(b.PeakRSS), mib(b.RSS))
-	}
-	if b.Shutdown > 0 {
-		killed := ""
-		if b.Killed {
-			killed = ", KILLED"
-		}
-		p("%-10s %-34s exit %d in %s%s", "bridge", "SIGTERM shutdown", b.ExitCode, ms(b.Shutdown), killed)
-	}
-	if b.StartupTime > 0 {
-		p("%-10s %-34s %s", "bridge", "start to /readyz 200", ms(b.StartupTime))
-	}
-
-	if r.Publish != nil || r.E2E != nil || r.Drain != nil {
-		p("")
-		p("ratios (target >= %.0f%% of reference)", targetShare*100)
-	}
-	if r.Publish != nil && r.Baseline.XAddPerSec > 0 {
-		p("  bridge publish / raw XADD unpipelined   %5.1f%%", 100*r.Publish.ReqPerSec/r.Baseline.XAddPerSec)
-	}
-	if r.Publish != nil && r.Baseline.XAddPipelinedPerSec > 0 {
-		p("  bridge publish / raw XADD pipelined     %5.1f%%", 100*r.Publish.ReqPerSec/r.Baseline.XAddPipelinedPerSec)
-	}
-	if r.Publish != nil {
-		ratio(p, "publish req/s vs minimal handler", r.Publish.ReqPerSec, refPublishRPS)
-	}
-	if r.E2E != nil {
-		ratio(p, "e2e msg/s vs minimal end-to-end", r.E2E.PushesPerSec, refE2ERPS)
-		if r.E2E.P99 > 0 {
-			// Latency: lower is better, so the share is reference/measured.
-			share := float64(refE2EP99) / float64(r.E2E.P99)
-			p("  %-38s %5.1f%%  (p99 %s vs %s; target <= %s)  %s", "e2e p99 vs minimal end-to-end", 100*share,
-				ms(r.E2E.P99), ms(refE2EP99), ms(time.Duration(float64(refE2EP99)/targetShare)), verdict(share))
-		}
-	}
-	if r.Drain != nil {
-		ratio(p, "drain pushes/s vs minimal push loop", r.Drain.PushesPerSec, refDrainRPS)
-	}
-
-	if b.LogLines > 0 {
-		p("")
-		p("bridge log: %d warn/error lines; most frequent:", b.LogLines)
-		for _, s := range b.LogSummary {
-			p("  %s", s)
-		}
-	}
-	p("")
-	if len(r.Problems) == 0 {
-		p("problems: none")
-	} else {
-		p("problems:")
-		for _, s := range r.Problems {
-			p("  - %s", s)
-		}
-	}
-}
-
-func ratio(p func(string, ...any), what string, got, ref float64) {
-	share := got / ref
-	p("  %-38s %5.1f%%  (%s vs %s)  %s", what, 100*share, num(got), num(ref), verdict(share))
-}
-
-func verdict(share float64) string {
-	if share >= targetShare {
-		return "ok"
-	}
-	return "BELOW TARGET"
-}
 
 // num formats with thousands separators, which makes rates readable at a glance.
 func num(v float64) string {

@@ -13,16 +13,19 @@ import (
 	"time"
 )
 
-// receiver is the webhook the bridge pushes to in the delivery phases. It
-// answers 204 at once so that what is measured is the bridge, not the
-// receiver, and it checks every push on the way: a missing webhook-id, a body
-// that is not byte-for-byte what was published, or a redelivery all point at
-// bugs in the bridge rather than at slowness.
+// receiver is the webhook the server under test (the bridge, or the minimal
+// implementation) pushes to in the delivery phases. It answers 204 at once so
+// that what is measured is the server, not the receiver, and it checks every
+// push on the way: a missing webhook-id, a body that is not byte-for-byte what
+// was published, or a redelivery all point at bugs rather than at slowness.
 type receiver struct {
 	size int
-	url  string
-	srv  *http.Server
-	done chan struct{} // closed when Serve returned
+	// bridgeHeaders: also require the headers only the bridge sends
+	// (signature, delivery count); the minimal implementation sends neither.
+	bridgeHeaders bool
+	url           string
+	srv           *http.Server
+	done          chan struct{} // closed when Serve returned
 
 	latency histogram // publish-to-push, from the send time in the body
 
@@ -41,16 +44,17 @@ type receiver struct {
 
 // startReceiver listens on a fresh loopback port. expect sizes the dedup set
 // so that it does not rehash while the phase runs.
-func startReceiver(size, expect int) (*receiver, error) {
+func startReceiver(size, expect int, bridgeHeaders bool) (*receiver, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
 	r := &receiver{
-		size: size,
-		url:  fmt.Sprintf("http://%s/", ln.Addr()),
-		done: make(chan struct{}),
-		seen: make(map[string]struct{}, expect),
+		size:          size,
+		bridgeHeaders: bridgeHeaders,
+		url:           fmt.Sprintf("http://%s/", ln.Addr()),
+		done:          make(chan struct{}),
+		seen:          make(map[string]struct{}, expect),
 	}
 	r.srv = &http.Server{
 		Handler:           r,
@@ -97,11 +101,13 @@ func (r *receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if req.Header.Get("Content-Type") != "application/octet-stream" {
 		r.wrongCT.Add(1)
 	}
-	if req.Header.Get("Webhook-Signature") == "" || req.Header.Get("Webhook-Timestamp") == "" {
-		r.noSig.Add(1)
-	}
-	if c := req.Header.Get("Redis-Delivery-Count"); c != "1" {
-		r.redelivery.Add(1)
+	if r.bridgeHeaders {
+		if req.Header.Get("Webhook-Signature") == "" || req.Header.Get("Webhook-Timestamp") == "" {
+			r.noSig.Add(1)
+		}
+		if c := req.Header.Get("Redis-Delivery-Count"); c != "1" {
+			r.redelivery.Add(1)
+		}
 	}
 	id := req.Header.Get("Webhook-Id")
 	if id == "" {

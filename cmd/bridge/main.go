@@ -15,6 +15,7 @@ import (
 	"github.com/bridge-dev/bridge/internal/config"
 	"github.com/bridge-dev/bridge/internal/delivery"
 	httpapi "github.com/bridge-dev/bridge/internal/http"
+	"github.com/bridge-dev/bridge/internal/metrics"
 	"github.com/bridge-dev/bridge/internal/netguard"
 	"github.com/bridge-dev/bridge/internal/registry"
 	"github.com/bridge-dev/bridge/internal/subsfile"
@@ -66,10 +67,13 @@ func run(ctx context.Context, environ []string) error {
 	b := broker.New(conn.Client)
 	guard := netguard.New(allow)
 
+	mx := metrics.New()
 	engine := delivery.New(b, delivery.Options{
-		Client: delivery.NewHTTPClient(guard.Control),
-		Logger: log.Named("delivery"),
+		Client:  delivery.NewHTTPClient(guard.Control),
+		Logger:  log.Named("delivery"),
+		Metrics: mx,
 	})
+	mx.WatchSubscriptions(subscriptionGauges(b, engine))
 	reg := registry.New(b, guard)
 	if cfg.SubscriptionsFile != "" {
 		applied, changed, err := subsfile.Apply(ctx, cfg.SubscriptionsFile, reg, log)
@@ -85,6 +89,8 @@ func run(ctx context.Context, environ []string) error {
 		MaxBatchBody:      int64(cfg.MaxBatchBody),
 		IdempotencyWindow: cfg.IdempotencyWindow,
 		OpenAPI:           api.OpenAPI,
+		Metrics:           mx,
+		MetricsHandler:    mx.Handler(),
 		Logger:            log.Named("http"),
 	})
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -119,6 +125,28 @@ func run(ctx context.Context, environ []string) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// subscriptionGauges reads every subscription's Redis-side figures for a metrics scrape.
+func subscriptionGauges(b *broker.Broker, e *delivery.Engine) metrics.GaugeSource {
+	return func(ctx context.Context) ([]metrics.SubscriptionGauges, error) {
+		subs, _, err := b.ListSubscriptions(ctx)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]metrics.SubscriptionGauges, 0, len(subs))
+		for _, s := range subs {
+			st, err := b.SubscriptionStats(ctx, s)
+			if err != nil {
+				return out, err
+			}
+			out = append(out, metrics.SubscriptionGauges{
+				Name: s.Name, Lag: st.Lag, Pending: st.Pending, Retrying: st.Retrying, DLQSize: st.DLQSize,
+				InFlight: e.LocalStats(s.Name).InFlight,
+			})
+		}
+		return out, nil
+	}
 }
 
 func newLogger(cfg *config.Config) (*zap.Logger, error) {

@@ -120,6 +120,7 @@ func (b *Broker) SubscriptionStats(ctx context.Context, s *core.Subscription) (c
 		b.c.B().XinfoGroups().Key(s.Subject).Build(),
 		b.c.B().Zcard().Key(retryKey(s.Subject, s.Name)).Build(),
 		b.c.B().Xlen().Key(dlqKey(s.Subject, s.Name)).Build(),
+		b.c.B().Hgetall().Key(statsKey(s.Subject, s.Name)).Build(),
 	)
 	groups, err := res[0].ToArray()
 	if err != nil && !isNoKey(err) && !rueidis.IsRedisNil(err) {
@@ -142,5 +143,7 @@ func (b *Broker) SubscriptionStats(ctx context.Context, s *core.Subscription) (c
 	}
 	st.Retrying, _ = res[1].AsInt64()
 	st.DLQSize, _ = res[2].AsInt64()
+	fields, _ := res[3].AsStrMap()
+	st.Shared = decodeShared(fields, time.Now())
 	return st, nil
 }

@@ -37,7 +37,7 @@ func (b *Broker) EnsureGroup(ctx context.Context, subject, sub, start string) (c
 // DestroyGroup removes the subscription's group and its retry and dead-letter keys.
 func (b *Broker) DestroyGroup(ctx context.Context, subject, sub string) error {
 	cmds := rueidis.Commands{
-		b.c.B().Del().Key(retryKey(subject, sub), retryDataKey(subject, sub), retryCountKey(subject, sub), dlqKey(subject, sub)).Build(),
+		b.c.B().Del().Key(retryKey(subject, sub), retryDataKey(subject, sub), retryCountKey(subject, sub), dlqKey(subject, sub), statsKey(subject, sub)).Build(),
 	}
 	if err := b.c.Do(ctx, cmds[0]).Error(); err != nil {
 		return fmt.Errorf("delete keys of %s: %w", sub, classify(err))

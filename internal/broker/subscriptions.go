@@ -17,17 +17,25 @@ import (
 // processes poll one small value instead of the whole hash.
 const versionField = "_version"
 
+// ChangesChannel carries a message after every registry change, so processes can apply it
+// at once instead of at their next poll (which still catches anything missed).
+const ChangesChannel = "bridge:subscriptions:changed"
+
 var (
 	// KEYS: hash. ARGV: name, json. Returns 1 when the name existed.
 	putSubScript = rueidis.NewLuaScript(`
 local existed = redis.call('HEXISTS', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HINCRBY', KEYS[1], '_version', 1)
+local v = redis.call('HINCRBY', KEYS[1], '_version', 1)
+redis.call('PUBLISH', 'bridge:subscriptions:changed', v)
 return existed`)
 	// KEYS: hash. ARGV: name. Returns 1 when it existed.
 	delSubScript = rueidis.NewLuaScript(`
 local n = redis.call('HDEL', KEYS[1], ARGV[1])
-if n > 0 then redis.call('HINCRBY', KEYS[1], '_version', 1) end
+if n > 0 then
+  local v = redis.call('HINCRBY', KEYS[1], '_version', 1)
+  redis.call('PUBLISH', 'bridge:subscriptions:changed', v)
+end
 return n`)
 )
 
@@ -121,4 +129,27 @@ func (b *Broker) PauseSubscription(ctx context.Context, name, reason string) err
 	s.Paused, s.PausedReason, s.UpdatedAt = true, reason, time.Now().UTC()
 	_, err = b.PutSubscription(ctx, s)
 	return err
+}
+
+// WatchChanges calls onChange for every registry change announced on ChangesChannel until
+// ctx ends, resubscribing after a lost connection. It returns when ctx is done.
+func (b *Broker) WatchChanges(ctx context.Context, onChange func()) {
+	for ctx.Err() == nil {
+		// A connection of its own: on RESP2 servers (and the embedded one) a subscribed
+		// connection cannot carry other commands.
+		dc, release := b.c.Dedicate()
+		err := dc.Receive(ctx, dc.B().Subscribe().Channel(ChangesChannel).Build(), func(rueidis.PubSubMessage) {
+			onChange()
+		})
+		release()
+		if ctx.Err() != nil {
+			return
+		}
+		_ = err // connection lost: polling covers the gap; resubscribe shortly
+		onChange()
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
 }

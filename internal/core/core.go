@@ -133,6 +133,7 @@ type GroupStats struct {
 	Pending  int64
 	Retrying int64
 	DLQSize  int64
+	Shared   SharedStats
 }
 
 // LocalStats are one bridge process's delivery counters for one subscription.
@@ -161,4 +162,23 @@ type Published struct {
 	ID        string
 	Duplicate bool
 	Err       error
+}
+
+// StatsDelta is what one process adds to a subscription's shared counters.
+type StatsDelta struct {
+	Delivered, Retried, DeadLettered, Lost int64
+	// LastStatus and LastError are written when LastAt is set.
+	LastStatus int
+	LastError  string
+	LastAt     time.Time
+	// InFlight is the process's current number of pushes in flight.
+	InFlight int64
+}
+
+// SharedStats are a subscription's counters summed over every bridge process.
+type SharedStats struct {
+	Delivered, Retried, DeadLettered, Lost, InFlight int64
+	LastStatus                                       int
+	LastError                                        string
+	LastAt                                           time.Time
 }

@@ -35,7 +35,21 @@ type Broker interface {
 	DeadLetter(ctx context.Context, s *core.Subscription, m *core.Message, info core.DeadLetterInfo) error
 	Reclaim(ctx context.Context, s *core.Subscription, consumer string, minIdle time.Duration, limit int) (core.Reclaimed, error)
 	MoveDueScheduled(ctx context.Context, now time.Time, limit int) (int, time.Time, error)
+	AddStats(ctx context.Context, s *core.Subscription, consumer string, d core.StatsDelta) error
+	ForgetInFlight(ctx context.Context, s *core.Subscription, consumer string) error
+	WatchChanges(ctx context.Context, onChange func())
 }
+
+// Metrics is what the engine reports; *metrics.Metrics implements it.
+type Metrics interface {
+	Pushed(sub string, status int, outcome string, d time.Duration)
+	Lost(sub string, n int)
+}
+
+type noMetrics struct{}
+
+func (noMetrics) Pushed(string, int, string, time.Duration) {}
+func (noMetrics) Lost(string, int)                          {}
 
 // Options tune the engine; zero values take the defaults.
 type Options struct {
@@ -47,7 +61,10 @@ type Options struct {
 	// RegistryPoll is how often the subscription registry is checked for changes (default 1 s,
 	// which keeps SPEC's "seen by all processes within 2 s").
 	RegistryPoll time.Duration
-	// Block bounds each XREADGROUP wait (default 1 s) so a stop is never held up by a read.
+	// Metrics records pushes; nil records nothing.
+	Metrics Metrics
+	// Block bounds each XREADGROUP wait (default 250 ms): a pause or stop takes effect
+	// within it, since a read already waiting may still hand out entries.
 	Block time.Duration
 }
 
@@ -56,18 +73,27 @@ type Options struct {
 type Engine struct {
 	b        Broker
 	client   *http.Client
+	metrics  Metrics
 	log      *zap.Logger
 	consumer string
 	opts     Options
 
 	// abortCtx is cancelled only when the shutdown grace runs out: pushes still running
 	// are then cut and their messages left unsettled for reclaim.
-	abortCtx context.Context
-	abort    context.CancelFunc
-	stop     chan struct{}
-	stopped  atomic.Bool
-	running  atomic.Bool
-	wg       sync.WaitGroup // watcher and every runner's goroutines
+	abortCtx  context.Context
+	abort     context.CancelFunc
+	stop      chan struct{}
+	flushStop chan struct{}
+	// changed wakes the registry watcher when a change is announced (size one: a pending
+	// wake-up already covers any later change).
+	changed  chan struct{}
+	watchCtx context.Context
+	unwatch  context.CancelFunc
+	// flushDone is closed when the stats flusher ended (after its last flush).
+	flushDone chan struct{}
+	stopped   atomic.Bool
+	running   atomic.Bool
+	wg        sync.WaitGroup // watcher and every runner's goroutines
 
 	mu      sync.Mutex
 	runners map[string]*runner
@@ -88,13 +114,18 @@ func New(b Broker, opts Options) *Engine {
 	if opts.RegistryPoll <= 0 {
 		opts.RegistryPoll = time.Second
 	}
+	if opts.Metrics == nil {
+		opts.Metrics = noMetrics{}
+	}
 	if opts.Block <= 0 {
-		opts.Block = time.Second
+		opts.Block = 250 * time.Millisecond
 	}
 	abortCtx, abort := context.WithCancel(context.Background())
+	watchCtx, unwatch := context.WithCancel(context.Background())
 	return &Engine{
-		b: b, client: opts.Client, log: opts.Logger, consumer: opts.Consumer, opts: opts,
-		abortCtx: abortCtx, abort: abort, stop: make(chan struct{}),
+		b: b, client: opts.Client, metrics: opts.Metrics, log: opts.Logger, consumer: opts.Consumer, opts: opts,
+		abortCtx: abortCtx, abort: abort, stop: make(chan struct{}), flushStop: make(chan struct{}),
+		changed: make(chan struct{}, 1), watchCtx: watchCtx, unwatch: unwatch,
 		runners: map[string]*runner{}, stats: map[string]*Stats{},
 	}
 }
@@ -115,10 +146,24 @@ func (e *Engine) Running() bool { return e.running.Load() }
 // Start begins watching the subscription registry and delivering.
 func (e *Engine) Start() {
 	e.running.Store(true)
-	e.wg.Add(2)
+	e.flushDone = make(chan struct{})
+	go func() {
+		defer close(e.flushDone)
+		e.flushStatsLoop()
+	}()
+	e.wg.Add(3)
 	go func() {
 		defer e.wg.Done()
 		e.watch()
+	}()
+	go func() {
+		defer e.wg.Done()
+		e.b.WatchChanges(e.watchCtx, func() {
+			select {
+			case e.changed <- struct{}{}:
+			default:
+			}
+		})
 	}()
 	go func() {
 		defer e.wg.Done()
@@ -136,6 +181,7 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 	}
 	e.running.Store(false)
 	close(e.stop)
+	e.unwatch()
 	e.mu.Lock()
 	for _, r := range e.runners {
 		r.stopReading()
@@ -155,8 +201,58 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 		<-done
 	}
 	e.abort()
+	close(e.flushStop)
+	if e.flushDone != nil {
+		<-e.flushDone
+	}
 	e.client.CloseIdleConnections()
 	return err
+}
+
+// statsFlushEvery is how often this process adds its counters to the shared ones in Redis.
+const statsFlushEvery = time.Second
+
+func (e *Engine) flushStatsLoop() {
+	t := time.NewTicker(statsFlushEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.flushStop:
+			e.flushStats(true)
+			return
+		case <-t.C:
+			e.flushStats(false)
+		}
+	}
+}
+
+// flushStats adds every subscription's unseen counts to its shared counters; final also
+// withdraws this process's in-flight report.
+func (e *Engine) flushStats(final bool) {
+	e.mu.Lock()
+	all := make([]*Stats, 0, len(e.stats))
+	for _, st := range e.stats {
+		all = append(all, st)
+	}
+	e.mu.Unlock()
+	for _, st := range all {
+		sub := st.sub.Load()
+		if sub == nil {
+			continue
+		}
+		d := st.delta()
+		if st.idle(d) {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+		if err := e.b.AddStats(ctx, sub, e.consumer, d); err == nil {
+			st.flushedDelta(d)
+		}
+		if final {
+			_ = e.b.ForgetInFlight(ctx, sub, e.consumer)
+		}
+		cancel()
+	}
 }
 
 // Stats returns this process's counters for a subscription, or nil if it never ran here.
@@ -191,6 +287,7 @@ func (e *Engine) watch() {
 		case <-e.stop:
 			return
 		case <-t.C:
+		case <-e.changed:
 		}
 	}
 }
@@ -226,6 +323,7 @@ func (e *Engine) apply(subs []*core.Subscription) {
 			st = &Stats{}
 			e.stats[s.Name] = st
 		}
+		st.sub.Store(s)
 		r, err := newRunner(e, s, st)
 		if err != nil {
 			e.log.Error("cannot start subscription", zap.String("subscription", s.Name), zap.Error(err))
@@ -238,6 +336,12 @@ func (e *Engine) apply(subs []*core.Subscription) {
 		if !seen[name] {
 			r.stopReading()
 			delete(e.runners, name)
+		}
+	}
+	for name := range e.stats {
+		if !seen[name] {
+			// Deleted: its shared counters are gone with it; writing them would bring them back.
+			delete(e.stats, name)
 		}
 	}
 }

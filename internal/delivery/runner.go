@@ -22,6 +22,55 @@ type Stats struct {
 	Lost         atomic.Int64
 	LastStatus   atomic.Int64
 	lastError    atomic.Pointer[string]
+	// lastAt (unix ms) is when LastStatus and the last error were set.
+	lastAt atomic.Int64
+
+	// Owned by the engine's stats flusher: what it already added to the shared counters.
+	sub     atomic.Pointer[core.Subscription]
+	flushed core.StatsDelta
+}
+
+// idle reports whether d has nothing to add: no counts, no new status, and no in-flight
+// report to make or to take back. Idle subscriptions then cost Redis nothing.
+func (s *Stats) idle(d core.StatsDelta) bool {
+	return d.Delivered == 0 && d.Retried == 0 && d.DeadLettered == 0 && d.Lost == 0 &&
+		d.LastAt.IsZero() && d.InFlight == 0 && s.flushed.InFlight == 0
+}
+
+// record notes the outcome of one push.
+func (s *Stats) record(status int, errText string) {
+	s.LastStatus.Store(int64(status))
+	s.lastError.Store(&errText)
+	s.lastAt.Store(time.Now().UnixMilli())
+}
+
+// delta is what the shared counters have not seen yet.
+func (s *Stats) delta() core.StatsDelta {
+	d := core.StatsDelta{
+		Delivered:    s.Delivered.Load() - s.flushed.Delivered,
+		Retried:      s.Retried.Load() - s.flushed.Retried,
+		DeadLettered: s.DeadLettered.Load() - s.flushed.DeadLettered,
+		Lost:         s.Lost.Load() - s.flushed.Lost,
+		InFlight:     s.InFlight.Load(),
+	}
+	if at := s.lastAt.Load(); at > s.flushed.LastAt.UnixMilli() {
+		d.LastAt = time.UnixMilli(at)
+		d.LastStatus = int(s.LastStatus.Load())
+		d.LastError = s.LastError()
+	}
+	return d
+}
+
+// flushedDelta records that d reached the shared counters.
+func (s *Stats) flushedDelta(d core.StatsDelta) {
+	s.flushed.Delivered += d.Delivered
+	s.flushed.Retried += d.Retried
+	s.flushed.DeadLettered += d.DeadLettered
+	s.flushed.Lost += d.Lost
+	if !d.LastAt.IsZero() {
+		s.flushed.LastAt = d.LastAt
+	}
+	s.flushed.InFlight = d.InFlight
 }
 
 // LastError is the most recent failure text, "" when none.
@@ -211,6 +260,7 @@ func (r *runner) loop() {
 			}
 			if len(rc.Lost) > 0 {
 				r.stats.Lost.Add(int64(len(rc.Lost)))
+				r.e.metrics.Lost(r.sub.Name, len(rc.Lost))
 				r.log.Warn("pending entries no longer exist in the stream (trimmed or deleted); acknowledged and counted as lost",
 					zap.Int("count", len(rc.Lost)), zap.Strings("entry_ids", rc.Lost))
 			}
@@ -311,11 +361,9 @@ func (r *runner) handle(m *core.Message) {
 	if aborted {
 		return
 	}
-	r.stats.LastStatus.Store(int64(res.status))
 	outcome := Verdict(res.status)
-	if outcome != Ack {
-		r.stats.lastError.Store(&res.errText)
-	}
+	r.stats.record(res.status, res.errText)
+	r.e.metrics.Pushed(r.sub.Name, res.status, outcomeLabel(outcome, m.Deliveries >= r.sub.MaxDeliveries), res.latency)
 	if ce := log.Check(zap.DebugLevel, "pushed"); ce != nil {
 		ce.Write(zap.String("message_id", m.ID), zap.Int("status", res.status), zap.Int("delivery", m.Deliveries),
 			zap.Stringer("outcome", outcome), zap.Duration("latency", res.latency))
@@ -441,6 +489,17 @@ func (r *runner) sleep(d time.Duration) {
 	case <-t.C:
 	case <-r.stopCh:
 	}
+}
+
+// outcomeLabel names an outcome for metrics: what actually happens to the message.
+func outcomeLabel(o Outcome, exhausted bool) string {
+	switch {
+	case o == Ack:
+		return "ack"
+	case o == Requeue && !exhausted:
+		return "retry"
+	}
+	return "dead_letter"
 }
 
 // errThrottle logs the first error of an outage and its end, not every failed poll.

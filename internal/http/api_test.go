@@ -12,7 +12,6 @@ import (
 
 	"github.com/bridge-dev/bridge/api"
 	"github.com/bridge-dev/bridge/internal/broker"
-	"github.com/bridge-dev/bridge/internal/core"
 	httpapi "github.com/bridge-dev/bridge/internal/http"
 	"github.com/bridge-dev/bridge/internal/netguard"
 	"github.com/bridge-dev/bridge/internal/redistest"
@@ -26,8 +25,7 @@ import (
 
 type idleEngine struct{}
 
-func (idleEngine) Running() bool                     { return true }
-func (idleEngine) LocalStats(string) core.LocalStats { return core.LocalStats{} }
+func (idleEngine) Running() bool { return true }
 
 func newAPI(t *testing.T, rs *redistest.Server) http.Handler {
 	t.Helper()
@@ -58,7 +56,7 @@ func loadDoc(t *testing.T) (*openapi3.T, routers.Router) {
 // Every route the router serves is in api/openapi.yaml, and every documented operation is served.
 func TestOpenAPIMatchesRouter(t *testing.T) {
 	doc, _ := loadDoc(t)
-	h := httpapi.NewHandler(nil, nil, idleEngine{}, httpapi.Options{})
+	h := httpapi.NewHandler(nil, nil, idleEngine{}, httpapi.Options{MetricsHandler: http.NotFoundHandler()})
 	served := map[string]bool{}
 	err := chi.Walk(h.(chi.Routes), func(method, route string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {
 		if route != "/" {

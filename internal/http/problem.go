@@ -53,9 +53,18 @@ func newProblem(code, detail string) Problem {
 	return Problem{Type: "urn:bridge:problem:" + code, Title: k.title, Status: k.status, Detail: detail, Code: code}
 }
 
+// problemRecorder lets a middleware learn which problem a handler answered with.
+type problemRecorder struct {
+	http.ResponseWriter
+	code string
+}
+
 // writeProblem is the one way the API answers an error.
 func writeProblem(w http.ResponseWriter, code, detail string) {
 	p := newProblem(code, detail)
+	if pr, ok := w.(*problemRecorder); ok {
+		pr.code = p.Code
+	}
 	if p.Status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "1")
 	}

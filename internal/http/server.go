@@ -45,7 +45,6 @@ type Registry interface {
 // Engine is what the API reads from the delivery engine.
 type Engine interface {
 	Running() bool
-	LocalStats(name string) core.LocalStats
 }
 
 // Options configure the API.
@@ -63,6 +62,8 @@ type Options struct {
 	Logger  *zap.Logger
 	// Metrics records what the API does; nil records nothing.
 	Metrics Metrics
+	// MetricsHandler, when set, is served at GET /metrics (no token: scrapers rarely carry one).
+	MetricsHandler http.Handler
 }
 
 // Metrics is what the API reports.
@@ -124,14 +125,17 @@ func NewHandler(b Broker, reg Registry, e Engine, opts Options) http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	r.Get("/readyz", a.ready)
+	if opts.MetricsHandler != nil {
+		r.Method(http.MethodGet, "/metrics", opts.MetricsHandler)
+	}
 	r.Get("/openapi.yaml", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/yaml")
 		_, _ = w.Write(opts.OpenAPI)
 	})
 	r.Route("/v1", func(r chi.Router) {
 		r.Use(a.authenticate)
-		r.Post("/subjects/{subject}/messages", a.publish)
-		r.Post("/subjects/{subject}/batch", a.publishBatch)
+		r.With(a.countPublishErrors).Post("/subjects/{subject}/messages", a.publish)
+		r.With(a.countPublishErrors).Post("/subjects/{subject}/batch", a.publishBatch)
 		r.Get("/subscriptions", a.listSubscriptions)
 		r.Route("/subscriptions/{name}", func(r chi.Router) {
 			r.Put("/", a.putSubscription)
@@ -200,6 +204,16 @@ func (a *api) authenticate(next http.Handler) http.Handler {
 			return
 		}
 		next.ServeHTTP(w, r)
+	})
+}
+
+func (a *api) countPublishErrors(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		pr := &problemRecorder{ResponseWriter: w}
+		next.ServeHTTP(pr, r)
+		if pr.code != "" {
+			a.opts.Metrics.PublishError(pr.code)
+		}
 	})
 }
 

@@ -31,17 +31,18 @@ func view(s *core.Subscription) subscriptionView {
 }
 
 type statsView struct {
-	Lag          int64  `json:"lag"`
-	Pending      int64  `json:"pending"`
-	Retrying     int64  `json:"retrying"`
-	DLQSize      int64  `json:"dlq_size"`
-	InFlight     int64  `json:"in_flight"`
-	Delivered    int64  `json:"delivered"`
-	Retried      int64  `json:"retried"`
-	DeadLettered int64  `json:"dead_lettered"`
-	Lost         int64  `json:"lost"`
-	LastStatus   int64  `json:"last_status"`
-	LastError    string `json:"last_error"`
+	Lag          int64      `json:"lag"`
+	Pending      int64      `json:"pending"`
+	Retrying     int64      `json:"retrying"`
+	DLQSize      int64      `json:"dlq_size"`
+	InFlight     int64      `json:"in_flight"`
+	Delivered    int64      `json:"delivered"`
+	Retried      int64      `json:"retried"`
+	DeadLettered int64      `json:"dead_lettered"`
+	Lost         int64      `json:"lost"`
+	LastStatus   int64      `json:"last_status"`
+	LastError    string     `json:"last_error"`
+	LastPushAt   *time.Time `json:"last_push_at,omitempty"`
 }
 
 // decodeJSON reads a bounded JSON body that must be one object with only known fields.
@@ -138,15 +139,19 @@ func (a *api) getSubscription(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	ls := a.e.LocalStats(s.Name)
+	sh := gs.Shared
+	sv := statsView{
+		Lag: gs.Lag, Pending: gs.Pending, Retrying: gs.Retrying, DLQSize: gs.DLQSize,
+		InFlight: sh.InFlight, Delivered: sh.Delivered, Retried: sh.Retried, DeadLettered: sh.DeadLettered,
+		Lost: sh.Lost, LastStatus: int64(sh.LastStatus), LastError: sh.LastError,
+	}
+	if !sh.LastAt.IsZero() {
+		sv.LastPushAt = &sh.LastAt
+	}
 	writeJSON(w, http.StatusOK, struct {
 		subscriptionView
 		Stats statsView `json:"stats"`
-	}{view(s), statsView{
-		Lag: gs.Lag, Pending: gs.Pending, Retrying: gs.Retrying, DLQSize: gs.DLQSize,
-		InFlight: ls.InFlight, Delivered: ls.Delivered, Retried: ls.Retried, DeadLettered: ls.DeadLettered,
-		Lost: ls.Lost, LastStatus: ls.LastStatus, LastError: ls.LastError,
-	}})
+	}{view(s), sv})
 }
 
 func (a *api) listSubscriptions(w http.ResponseWriter, r *http.Request) {

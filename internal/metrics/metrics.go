@@ -1,0 +1,147 @@
+// Package metrics exposes what the bridge does as Prometheus metrics. Every method is safe
+// for concurrent use, and a nil *Metrics records nothing.
+package metrics
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// SubscriptionGauges are the per-subscription figures read at scrape time.
+type SubscriptionGauges struct {
+	Name     string
+	Lag      int64
+	Pending  int64
+	Retrying int64
+	DLQSize  int64
+	InFlight int64
+}
+
+// GaugeSource lists the current gauges of every subscription (Redis reads, at scrape time).
+type GaugeSource func(ctx context.Context) ([]SubscriptionGauges, error)
+
+// Metrics holds the bridge's collectors on its own registry.
+type Metrics struct {
+	reg           *prometheus.Registry
+	published     *prometheus.CounterVec
+	publishErrors *prometheus.CounterVec
+	pushes        *prometheus.CounterVec
+	pushDuration  *prometheus.HistogramVec
+	responses     *prometheus.CounterVec
+	lost          *prometheus.CounterVec
+}
+
+// New registers the bridge's metrics, plus Go runtime and process metrics.
+func New() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		published: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_published_total", Help: "Messages written to Redis by publish requests.",
+		}, []string{"subject", "transport"}),
+		publishErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_publish_errors_total", Help: "Publish requests refused or failed, by problem code.",
+		}, []string{"code"}),
+		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_pushes_total", Help: "Pushes by outcome: ack, retry or dead_letter.",
+		}, []string{"subscription", "outcome"}),
+		pushDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "bridge_push_duration_seconds",
+			Help:    "Time from sending a push to its response (or failure).",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"subscription"}),
+		responses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_webhook_responses_total", Help: "Webhook answers by HTTP status; code 0 means no response (timeout, connection or TLS error).",
+		}, []string{"subscription", "code"}),
+		lost: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_lost_total", Help: "Pending entries found trimmed or deleted from their stream (acknowledged, never delivered).",
+		}, []string{"subscription"}),
+	}
+	m.reg.MustRegister(m.published, m.publishErrors, m.pushes, m.pushDuration, m.responses, m.lost,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Handler serves the metrics in the Prometheus exposition format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// WatchSubscriptions adds gauges read from src at every scrape.
+func (m *Metrics) WatchSubscriptions(src GaugeSource) {
+	m.reg.MustRegister(&gaugeCollector{src: src})
+}
+
+// Published counts n messages written to subject.
+func (m *Metrics) Published(subject string, n int) {
+	if m == nil || n == 0 {
+		return
+	}
+	m.published.WithLabelValues(subject, "stream").Add(float64(n))
+}
+
+// PublishError counts a refused or failed publish by its problem code.
+func (m *Metrics) PublishError(code string) {
+	if m == nil {
+		return
+	}
+	m.publishErrors.WithLabelValues(code).Inc()
+}
+
+// Pushed records one push: its status (0 = no response), outcome and duration.
+func (m *Metrics) Pushed(sub string, status int, outcome string, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.pushes.WithLabelValues(sub, outcome).Inc()
+	m.pushDuration.WithLabelValues(sub).Observe(d.Seconds())
+	m.responses.WithLabelValues(sub, strconv.Itoa(status)).Inc()
+}
+
+// Lost counts pending entries that no longer existed in their stream.
+func (m *Metrics) Lost(sub string, n int) {
+	if m == nil {
+		return
+	}
+	m.lost.WithLabelValues(sub).Add(float64(n))
+}
+
+var (
+	lagDesc      = prometheus.NewDesc("bridge_subscription_lag", "Entries in the stream not yet read by the subscription's group.", []string{"subscription"}, nil)
+	pendingDesc  = prometheus.NewDesc("bridge_subscription_pending", "Entries read but not yet settled.", []string{"subscription"}, nil)
+	retryingDesc = prometheus.NewDesc("bridge_subscription_retrying", "Messages waiting in the subscription's retry set.", []string{"subscription"}, nil)
+	dlqDesc      = prometheus.NewDesc("bridge_subscription_dead_letters", "Messages in the subscription's dead-letter queue.", []string{"subscription"}, nil)
+	inFlightDesc = prometheus.NewDesc("bridge_in_flight", "Pushes in flight from this process.", []string{"subscription"}, nil)
+	scrapeDesc   = prometheus.NewDesc("bridge_subscription_scrape_errors", "1 when the subscription gauges could not be read from Redis.", nil, nil)
+)
+
+type gaugeCollector struct{ src GaugeSource }
+
+func (c *gaugeCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{lagDesc, pendingDesc, retryingDesc, dlqDesc, inFlightDesc, scrapeDesc} {
+		ch <- d
+	}
+}
+
+func (c *gaugeCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	gs, err := c.src(ctx)
+	failed := 0.0
+	if err != nil {
+		failed = 1
+	}
+	ch <- prometheus.MustNewConstMetric(scrapeDesc, prometheus.GaugeValue, failed)
+	for _, g := range gs {
+		ch <- prometheus.MustNewConstMetric(lagDesc, prometheus.GaugeValue, float64(g.Lag), g.Name)
+		ch <- prometheus.MustNewConstMetric(pendingDesc, prometheus.GaugeValue, float64(g.Pending), g.Name)
+		ch <- prometheus.MustNewConstMetric(retryingDesc, prometheus.GaugeValue, float64(g.Retrying), g.Name)
+		ch <- prometheus.MustNewConstMetric(dlqDesc, prometheus.GaugeValue, float64(g.DLQSize), g.Name)
+		ch <- prometheus.MustNewConstMetric(inFlightDesc, prometheus.GaugeValue, float64(g.InFlight), g.Name)
+	}
+}
