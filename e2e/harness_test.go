@@ -383,3 +383,5 @@ func runOnce(env []string) (string, error) {
 	err := cmd.Run()
 	return stderr.String(), err
 }
+
+func jsonDecode(r io.Reader, v any) error { return json.NewDecoder(r).Decode(v) }

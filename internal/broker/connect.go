@@ -92,7 +92,9 @@ func clientOptions(opts ConnOptions) (rueidis.ClientOption, error) {
 		}
 		one, err := rueidis.ParseURL(raw)
 		if err != nil {
-			return co, fmt.Errorf("BRIDGE_REDIS_URL: %w", err)
+			// The parser quotes the URL, password included: never repeat it.
+			return co, fmt.Errorf("BRIDGE_REDIS_URL: address %d is not a valid redis URL: %s", i+1,
+				strings.ReplaceAll(err.Error(), raw, "<redacted>"))
 		}
 		if i == 0 {
 			co = one

@@ -115,6 +115,9 @@ func (b *Broker) replayOne(ctx context.Context, s *core.Subscription, d core.Dea
 
 // SubscriptionStats reads lag and pending (XINFO GROUPS), the retry set size and the DLQ size.
 func (b *Broker) SubscriptionStats(ctx context.Context, s *core.Subscription) (core.GroupStats, error) {
+	if s.Transport == "list" || s.Transport == "pubsub" {
+		return b.otherStats(ctx, s)
+	}
 	var st core.GroupStats
 	res := b.c.DoMulti(ctx,
 		b.c.B().XinfoGroups().Key(s.Subject).Build(),
@@ -145,5 +148,43 @@ func (b *Broker) SubscriptionStats(ctx context.Context, s *core.Subscription) (c
 	st.DLQSize, _ = res[2].AsInt64()
 	fields, _ := res[3].AsStrMap()
 	st.Shared = decodeShared(fields, time.Now())
+	return st, nil
+}
+
+// otherStats are the figures of list and Pub/Sub subscriptions: a list's lag is its length
+// and its pending messages are those in the processing lists; Pub/Sub keeps nothing.
+func (b *Broker) otherStats(ctx context.Context, s *core.Subscription) (core.GroupStats, error) {
+	var st core.GroupStats
+	cmds := rueidis.Commands{
+		b.c.B().Hgetall().Key(statsKey(s.Subject, s.Name)).Build(),
+		b.c.B().Zcard().Key(retryKey(s.Subject, s.Name)).Build(),
+		b.c.B().Xlen().Key(dlqKey(s.Subject, s.Name)).Build(),
+	}
+	if s.Transport == "list" {
+		cmds = append(cmds, b.c.B().Llen().Key(s.Subject).Build(),
+			b.c.B().Zrange().Key(consumersKey(s.Subject, s.Name)).Min("0").Max("-1").Build())
+	}
+	res := b.c.DoMulti(ctx, cmds...)
+	fields, err := res[0].AsStrMap()
+	if err != nil && !rueidis.IsRedisNil(err) {
+		return st, fmt.Errorf("stats of %s: %w", s.Name, classify(err))
+	}
+	st.Shared = decodeShared(fields, time.Now())
+	st.Retrying, _ = res[1].AsInt64()
+	st.DLQSize, _ = res[2].AsInt64()
+	if s.Transport == "list" {
+		st.Lag, _ = res[3].AsInt64()
+		consumers, _ := res[4].AsStrSlice()
+		if len(consumers) > 0 {
+			lens := make(rueidis.Commands, len(consumers))
+			for i, c := range consumers {
+				lens[i] = b.c.B().Llen().Key(processingKey(s.Subject, s.Name, c)).Build()
+			}
+			for _, r := range b.c.DoMulti(ctx, lens...) {
+				n, _ := r.AsInt64()
+				st.Pending += n
+			}
+		}
+	}
 	return st, nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/bridge-dev/bridge/internal/core"
 	"github.com/redis/rueidis"
+	"golang.org/x/net/http/httpguts"
 )
 
 // EnsureGroup creates the subscription's consumer group on its subject (and the stream,
@@ -34,13 +35,33 @@ func (b *Broker) EnsureGroup(ctx context.Context, subject, sub, start string) (c
 	return true, nil
 }
 
-// DestroyGroup removes the subscription's group and its retry and dead-letter keys.
-func (b *Broker) DestroyGroup(ctx context.Context, subject, sub string) error {
-	cmds := rueidis.Commands{
-		b.c.B().Del().Key(retryKey(subject, sub), retryDataKey(subject, sub), retryCountKey(subject, sub), dlqKey(subject, sub), statsKey(subject, sub)).Build(),
+// DestroySubscription removes what the subscription keeps in Redis: its consumer group
+// (stream), or its processing lists, returned to the queue first (list); and its retry set,
+// dead letters and counters. The messages of the subject itself stay.
+func (b *Broker) DestroySubscription(ctx context.Context, s *core.Subscription) error {
+	if s.Transport == "list" {
+		if err := b.destroyList(ctx, s); err != nil {
+			return fmt.Errorf("release processing lists of %s: %w", s.Name, err)
+		}
 	}
-	if err := b.c.Do(ctx, cmds[0]).Error(); err != nil {
+	if s.Transport != "stream" && s.Transport != "" {
+		return b.deleteKeys(ctx, s.Subject, s.Name)
+	}
+	return b.destroyGroup(ctx, s.Subject, s.Name)
+}
+
+func (b *Broker) deleteKeys(ctx context.Context, subject, sub string) error {
+	err := b.c.Do(ctx, b.c.B().Del().Key(retryKey(subject, sub), retryDataKey(subject, sub), retryCountKey(subject, sub),
+		dlqKey(subject, sub), statsKey(subject, sub)).Build()).Error()
+	if err != nil {
 		return fmt.Errorf("delete keys of %s: %w", sub, classify(err))
+	}
+	return nil
+}
+
+func (b *Broker) destroyGroup(ctx context.Context, subject, sub string) error {
+	if err := b.deleteKeys(ctx, subject, sub); err != nil {
+		return err
 	}
 	err := b.c.Do(ctx, b.c.B().XgroupDestroy().Key(subject).Group(groupName(sub)).Build()).Error()
 	if err != nil && !isNoGroup(err) && !isNoKey(err) {
@@ -93,7 +114,7 @@ func DecodeEntry(subject string, e rueidis.XRangeEntry) core.Message {
 	m := core.Message{ID: core.MessageID(subject, e.ID), Subject: subject, EntryID: e.ID, Origin: core.FromStream}
 	// A message published with a delay got its id before its entry existed; the entry
 	// carries it so the id stays the one the publisher was given.
-	if id := e.FieldValues[idField]; id != "" && !strings.Contains(id, ".") {
+	if id := e.FieldValues[idField]; validID(id) {
 		m.ID = id
 	}
 	payload, ok := e.FieldValues[payloadField]
@@ -105,11 +126,26 @@ func DecodeEntry(subject string, e rueidis.XRangeEntry) core.Message {
 	m.Body = []byte(payload)
 	m.Headers = make(map[string]string, len(e.FieldValues)-1)
 	for k, v := range e.FieldValues {
-		if name, ok := strings.CutPrefix(k, headerPrefix); ok && name != "" {
+		// Another producer may have written anything: a header that is not valid HTTP
+		// would make every push of the message fail, so it is left out.
+		if name, ok := strings.CutPrefix(k, headerPrefix); ok && httpguts.ValidHeaderFieldName(name) && httpguts.ValidHeaderFieldValue(v) {
 			m.Headers[strings.ToLower(name)] = v
 		}
 	}
 	return m
+}
+
+// validID accepts a stored message id only if it can be a webhook-id: visible ASCII, no '.'.
+func validID(id string) bool {
+	if id == "" || len(id) > 512 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] <= ' ' || id[i] > '~' || id[i] == '.' {
+			return false
+		}
+	}
+	return true
 }
 
 // Ack acknowledges stream entries of the subscription in one command.
@@ -136,13 +172,32 @@ type retryRecord struct {
 // by message id: the record and the deliveries made so far. Claiming a due member moves
 // its score to now+lease, so a process that dies holding it lets it come due again after
 // the lease (the visibility timeout) instead of losing it.
+// settleLua removes a message from where it was delivered from, by mode.
+const settleLua = `
+local function settle(mode, src, zset, data, counts, lcounts, group, handle, id)
+  if mode == 'stream' then
+    redis.call('XACK', src, group, handle)
+  elseif mode == 'retry' then
+    redis.call('ZREM', zset, id)
+    redis.call('HDEL', data, id)
+    redis.call('HDEL', counts, id)
+  elseif mode == 'list' then
+    redis.call('LREM', src, 1, handle)
+    redis.call('HDEL', lcounts, id)
+  end
+end
+`
+
 var (
-	// KEYS: zset, data, counts, stream. ARGV: id, dueMs, record ("" keeps the stored one), deliveries, group, entryID ("" when not from the stream).
-	retryScript = rueidis.NewLuaScript(`
+	// Settling the original is one of: XACK (stream), ZREM+HDEL from the retry set (retry),
+	// LREM from the processing list plus its delivery count (list), or nothing (none).
+	// KEYS: zset, data, counts, source (stream or processing list), list counts.
+	// ARGV: id, dueMs, record ("" keeps the stored one), deliveries, mode, group, handle.
+	retryScript = rueidis.NewLuaScript(settleLua + `
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], ARGV[1], ARGV[3]) end
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-if ARGV[6] ~= '' then redis.call('XACK', KEYS[4], ARGV[5], ARGV[6]) end
+if ARGV[5] ~= 'retry' then settle(ARGV[5], KEYS[4], KEYS[1], KEYS[2], KEYS[3], KEYS[5], ARGV[6], ARGV[7], ARGV[1]) end
 return 1`)
 	// KEYS: zset, data, counts. ARGV: nowMs, leaseUntilMs, limit. Returns the score of the
 	// earliest remaining member ("" if none) followed by id, record, deliveries triples.
@@ -173,16 +228,11 @@ for _, id in ipairs(ARGV) do
   redis.call('HDEL', KEYS[3], id)
 end
 return #ARGV`)
-	// KEYS: dlq, stream, zset, data, counts. ARGV: group, entryID ("" when from the retry set), id, then field/value pairs.
-	deadLetterScript = rueidis.NewLuaScript(`
-redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
-if ARGV[2] ~= '' then
-  redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
-else
-  redis.call('ZREM', KEYS[3], ARGV[3])
-  redis.call('HDEL', KEYS[4], ARGV[3])
-  redis.call('HDEL', KEYS[5], ARGV[3])
-end
+	// KEYS: dlq, source, zset, data, counts, list counts. ARGV: mode, group, handle, id, then
+	// the DLQ entry's field/value pairs.
+	deadLetterScript = rueidis.NewLuaScript(settleLua + `
+redis.call('XADD', KEYS[1], '*', unpack(ARGV, 5))
+settle(ARGV[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2], ARGV[3], ARGV[4])
 return 1`)
 	// KEYS: dlq, zset, data, counts. ARGV: dlqEntryID, id, record, nowMs.
 	replayScript = rueidis.NewLuaScript(`
@@ -202,20 +252,34 @@ func (b *Broker) retryKeys(s *core.Subscription) []string {
 // scoped to this subscription and never reaches another group on the same stream.
 func (b *Broker) Retry(ctx context.Context, s *core.Subscription, m *core.Message, due time.Time) error {
 	rec := ""
-	entry := ""
-	if m.Origin == core.FromStream {
+	if m.Origin != core.FromRetry {
 		raw, err := json.Marshal(retryRecord{ID: m.ID, Body: m.Body, Headers: m.Headers})
 		if err != nil {
 			return err
 		}
-		rec, entry = string(raw), m.EntryID
+		rec = string(raw)
 	}
-	keys := append(b.retryKeys(s), s.Subject)
-	args := []string{m.ID, strconv.FormatInt(due.UnixMilli(), 10), rec, strconv.Itoa(m.Deliveries), groupName(s.Name), entry}
+	mode, src := settleMode(s, m)
+	keys := append(b.retryKeys(s), src, listCountKey(s.Subject, s.Name))
+	args := []string{m.ID, strconv.FormatInt(due.UnixMilli(), 10), rec, strconv.Itoa(m.Deliveries), mode, groupName(s.Name), m.EntryID}
 	if err := retryScript.Exec(ctx, b.c, keys, args).Error(); err != nil {
 		return fmt.Errorf("schedule retry of %s: %w", m.ID, classify(err))
 	}
 	return nil
+}
+
+// settleMode says how the scripts settle m, and which key holds it.
+func settleMode(s *core.Subscription, m *core.Message) (mode, src string) {
+	switch m.Origin {
+	case core.FromStream:
+		return "stream", s.Subject
+	case core.FromRetry:
+		return "retry", s.Subject
+	case core.FromList:
+		return "list", m.Queue
+	}
+	// No key to settle; the subject keeps the script's keys in the subscription's slot.
+	return "none", retryKey(s.Subject, s.Name)
 }
 
 // ClaimRetries leases up to limit due retries of s to the caller until now+lease. next is
@@ -263,12 +327,9 @@ func (b *Broker) AckRetries(ctx context.Context, s *core.Subscription, ids ...st
 // plus x-dead-letter-reason and the bridge's own _-fields) and settles the original, in one
 // script.
 func (b *Broker) DeadLetter(ctx context.Context, s *core.Subscription, m *core.Message, info core.DeadLetterInfo) error {
-	entry := ""
-	if m.Origin == core.FromStream {
-		entry = m.EntryID
-	}
-	args := make([]string, 0, 16+2*len(m.Headers))
-	args = append(args, groupName(s.Name), entry, m.ID,
+	mode, src := settleMode(s, m)
+	args := make([]string, 0, 18+2*len(m.Headers))
+	args = append(args, mode, groupName(s.Name), m.EntryID, m.ID,
 		payloadField, rueidis.BinaryString(m.Body))
 	for k, v := range m.Headers {
 		if k == core.HeaderDeadLetterReason {
@@ -284,7 +345,8 @@ func (b *Broker) DeadLetter(ctx context.Context, s *core.Subscription, m *core.M
 		"_deliveries", strconv.Itoa(m.Deliveries),
 		"_time", strconv.FormatInt(info.At.UnixMilli(), 10),
 	)
-	keys := []string{dlqKey(s.Subject, s.Name), s.Subject, retryKey(s.Subject, s.Name), retryDataKey(s.Subject, s.Name), retryCountKey(s.Subject, s.Name)}
+	keys := []string{dlqKey(s.Subject, s.Name), src, retryKey(s.Subject, s.Name), retryDataKey(s.Subject, s.Name),
+		retryCountKey(s.Subject, s.Name), listCountKey(s.Subject, s.Name)}
 	if err := deadLetterScript.Exec(ctx, b.c, keys, args).Error(); err != nil {
 		return fmt.Errorf("dead-letter %s: %w", m.ID, classify(err))
 	}

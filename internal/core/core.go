@@ -58,6 +58,10 @@ const (
 	FromStream Origin = iota
 	// FromRetry: a record in the subscription's durable retry set, leased to this process.
 	FromRetry
+	// FromList: an envelope in this process's processing list of a reliable list subscription.
+	FromList
+	// Unsettled: nothing in Redis to settle (simple lists and Pub/Sub are at-most-once).
+	Unsettled
 )
 
 // Message is one delivery of one message to one subscription.
@@ -65,10 +69,13 @@ type Message struct {
 	// ID is stable across retries, reclaims and replays; it is the webhook-id.
 	ID      string
 	Subject string
-	// EntryID is the stream entry id (the handle for XACK) when Origin is FromStream.
+	// EntryID is the handle that settles the message: the stream entry id (FromStream) or
+	// the raw envelope to remove from the processing list Queue (FromList).
 	EntryID string
-	Origin  Origin
-	Body    []byte
+	// Queue is the processing list holding the message (FromList).
+	Queue  string
+	Origin Origin
+	Body   []byte
 	// Headers have lower-case names; content-type is among them when known.
 	Headers map[string]string
 	// Deliveries is the number of this delivery, 1 for the first.

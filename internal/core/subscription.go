@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -69,6 +70,9 @@ func ParseDuration(s string) (time.Duration, error) {
 	v, err := time.ParseDuration(s)
 	if err != nil {
 		return 0, fmt.Errorf("invalid duration %q: use a Go duration such as \"30s\" or whole seconds", s)
+	}
+	if v < 0 {
+		return 0, fmt.Errorf("duration %q is negative", s)
 	}
 	return v, nil
 }
@@ -173,28 +177,57 @@ func (in *SubscriptionInput) Build(name string) (*Subscription, error) {
 	if s.Subject == "" {
 		return nil, &FieldError{"subject", "required"}
 	}
-	if !ValidSubject(s.Subject) {
-		return nil, &FieldError{"subject", "must match ^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"}
-	}
 	if s.URL == "" {
 		return nil, &FieldError{"url", "required"}
 	}
 	if s.Transport == "" {
 		s.Transport = DefaultTransport
 	}
-	if s.Transport != "stream" {
-		// Lists and Pub/Sub are specified but not yet served by this engine; refusing is
-		// better than accepting a subscription that would never deliver.
-		return nil, &FieldError{"transport", "only \"stream\" is supported by this version"}
+	switch s.Transport {
+	case "stream":
+		if in.ListMode != "" || in.PubSubMode != "" || in.Pattern {
+			return nil, &FieldError{"transport", "list_mode, pubsub_mode and pattern need transport list or pubsub"}
+		}
+		if s.Start == "" {
+			s.Start = DefaultStart
+		}
+		if s.Start != "new" && s.Start != "beginning" && !ValidEntryID(s.Start) {
+			return nil, &FieldError{"start", "must be \"new\", \"beginning\" or a stream entry id such as 1700000000000-0"}
+		}
+	case "list":
+		if in.PubSubMode != "" || in.Pattern || in.Start != "" {
+			return nil, &FieldError{"transport", "start, pubsub_mode and pattern do not apply to lists"}
+		}
+		s.ListMode = in.ListMode
+		if s.ListMode == "" {
+			s.ListMode = DefaultListMode
+		}
+		if s.ListMode != "simple" && s.ListMode != "reliable" {
+			return nil, &FieldError{"list_mode", "must be \"simple\" or \"reliable\""}
+		}
+	case "pubsub":
+		if in.ListMode != "" || in.Start != "" {
+			return nil, &FieldError{"transport", "start and list_mode do not apply to Pub/Sub"}
+		}
+		s.PubSubMode, s.Pattern = in.PubSubMode, in.Pattern
+		if s.PubSubMode == "" {
+			s.PubSubMode = DefaultPubSubMode
+		}
+		if s.PubSubMode != "classic" && s.PubSubMode != "sharded" {
+			return nil, &FieldError{"pubsub_mode", "must be \"classic\" or \"sharded\""}
+		}
+		if s.Pattern && s.PubSubMode == "sharded" {
+			return nil, &FieldError{"pattern", "sharded Pub/Sub takes no patterns"}
+		}
+	default:
+		return nil, &FieldError{"transport", "must be \"stream\", \"list\" or \"pubsub\""}
 	}
-	if in.ListMode != "" || in.PubSubMode != "" || in.Pattern {
-		return nil, &FieldError{"list_mode", "list_mode, pubsub_mode and pattern apply to other transports"}
-	}
-	if s.Start == "" {
-		s.Start = DefaultStart
-	}
-	if s.Start != "new" && s.Start != "beginning" && !ValidEntryID(s.Start) {
-		return nil, &FieldError{"start", "must be \"new\", \"beginning\" or a stream entry id such as 1700000000000-0"}
+	if s.Pattern {
+		if !patternRE.MatchString(s.Subject) {
+			return nil, &FieldError{"subject", "a pattern is 1 to 200 of A-Z a-z 0-9 _ . : - and the glob characters * ? [ ] ^"}
+		}
+	} else if !ValidSubject(s.Subject) {
+		return nil, &FieldError{"subject", "must match ^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"}
 	}
 	if s.Ordered {
 		return nil, &FieldError{"ordered", "ordered delivery is not supported by this version"}
@@ -262,6 +295,8 @@ func (in *SubscriptionInput) Build(name string) (*Subscription, error) {
 	s.Headers = norm
 	return s, nil
 }
+
+var patternRE = regexp.MustCompile(`^[A-Za-z0-9_.:*?\[\]^-]{1,200}$`)
 
 // ValidateHeader checks a header that a user asks the bridge to send on pushes.
 func ValidateHeader(name, value string) error {

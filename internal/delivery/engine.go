@@ -38,6 +38,15 @@ type Broker interface {
 	AddStats(ctx context.Context, s *core.Subscription, consumer string, d core.StatsDelta) error
 	ForgetInFlight(ctx context.Context, s *core.Subscription, consumer string) error
 	WatchChanges(ctx context.Context, onChange func())
+
+	PopList(ctx context.Context, s *core.Subscription, consumer string, count int, block time.Duration) ([]core.Message, error)
+	AckList(ctx context.Context, s *core.Subscription, msgs ...*core.Message) error
+	Heartbeat(ctx context.Context, s *core.Subscription, consumer string) error
+	RecoverList(ctx context.Context, s *core.Subscription, staleAfter time.Duration) (int, error)
+	ReleaseList(ctx context.Context, s *core.Subscription, consumer string) error
+
+	SubscribePubSub(ctx context.Context, s *core.Subscription, onSubscribed func(), fn func(core.Message)) error
+	ClaimPubSub(ctx context.Context, s *core.Subscription, id string) (bool, error)
 }
 
 // Metrics is what the engine reports; *metrics.Metrics implements it.
@@ -94,6 +103,8 @@ type Engine struct {
 	stopped   atomic.Bool
 	running   atomic.Bool
 	wg        sync.WaitGroup // watcher and every runner's goroutines
+
+	generation atomic.Int64 // numbers runners, see runner.consumer
 
 	mu      sync.Mutex
 	runners map[string]*runner
@@ -303,9 +314,6 @@ func (e *Engine) apply(subs []*core.Subscription) {
 	}
 	seen := make(map[string]bool, len(subs))
 	for _, s := range subs {
-		if s.Transport != "" && s.Transport != "stream" {
-			continue
-		}
 		seen[s.Name] = true
 		cur := e.runners[s.Name]
 		if cur != nil && sameConfig(cur.sub, s) {

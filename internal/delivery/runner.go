@@ -3,6 +3,7 @@ package delivery
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,8 +21,10 @@ type Stats struct {
 	DeadLettered atomic.Int64
 	InFlight     atomic.Int64
 	Lost         atomic.Int64
-	LastStatus   atomic.Int64
-	lastError    atomic.Pointer[string]
+	// Dropped counts at-most-once (Pub/Sub) pushes that failed and were not retried.
+	Dropped    atomic.Int64
+	LastStatus atomic.Int64
+	lastError  atomic.Pointer[string]
 	// lastAt (unix ms) is when LastStatus and the last error were set.
 	lastAt atomic.Int64
 
@@ -103,6 +106,11 @@ type runner struct {
 	// nextRetry is when the retry set should be looked at next (unix ms).
 	nextRetry atomic.Int64
 
+	// consumer names this runner where it owns Redis state of its own (a list subscription's
+	// processing list): the process's consumer name plus a generation, so a runner that
+	// replaces another in the same process never touches its predecessor's list.
+	consumer string
+
 	stopOnce sync.Once
 	stopCh   chan struct{}
 	slots    chan struct{} // one token per free push slot (max_in_flight)
@@ -127,6 +135,7 @@ func newRunner(e *Engine, s *core.Subscription, st *Stats) (*runner, error) {
 		acks: make(chan string, s.MaxInFlight),
 	}
 	r.signer.Store(signer)
+	r.consumer = fmt.Sprintf("%s-%d", e.consumer, e.generation.Add(1))
 	if s.PreviousSecretUntil != nil && now.Before(*s.PreviousSecretUntil) {
 		r.signerUntil = *s.PreviousSecretUntil
 	}
@@ -145,7 +154,17 @@ func (r *runner) start() {
 	go func() {
 		defer r.e.wg.Done()
 		producers.Add(1)
-		go func() { defer producers.Done(); r.loop() }()
+		go func() {
+			defer producers.Done()
+			switch r.sub.Transport {
+			case "list":
+				r.listLoop()
+			case "pubsub":
+				r.pubsubLoop()
+			default:
+				r.loop()
+			}
+		}()
 		for range r.sub.MaxInFlight {
 			workers.Add(1)
 			go func() { defer workers.Done(); r.work() }()
@@ -158,6 +177,15 @@ func (r *runner) start() {
 		workers.Wait()
 		close(r.acks)
 		<-ackDone
+		if r.sub.Transport == "list" && r.sub.ListMode != "simple" {
+			// Whatever a cut push left in this runner's processing list goes back to the
+			// queue now rather than after the visibility timeout.
+			ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+			if err := r.e.b.ReleaseList(ctx, r.sub, r.consumer); err != nil {
+				r.log.Warn("could not release the processing list; it is recovered after the visibility timeout", zap.Error(err))
+			}
+			cancel()
+		}
 		r.log.Debug("subscription runner stopped")
 	}()
 	r.log.Info("subscription delivering", zap.Int("max_in_flight", r.sub.MaxInFlight))
@@ -230,26 +258,8 @@ func (r *runner) loop() {
 			return
 		}
 		now := time.Now()
-		var failed error
-		if !now.Before(time.UnixMilli(r.nextRetry.Load())) {
-			ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
-			msgs, next, err := r.e.b.ClaimRetries(ctx, r.sub, now, vt, n)
-			cancel()
-			// Other processes schedule retries too: look again within RegistryPoll at most.
-			poll := now.Add(r.e.opts.RegistryPoll)
-			if next.IsZero() || next.After(poll) {
-				next = poll
-			}
-			if len(msgs) == n {
-				next = now // more may be due
-			}
-			r.nextRetry.Store(next.UnixMilli())
-			if err != nil {
-				failed = err
-			}
-			n -= len(msgs)
-			r.dispatch(msgs)
-		}
+		got, failed := r.claimDueRetries(n, now, vt)
+		n -= got
 		if n > 0 && !now.Before(nextReclaim) && failed == nil {
 			nextReclaim = now.Add(reclaimEvery)
 			ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
@@ -363,10 +373,14 @@ func (r *runner) handle(m *core.Message) {
 	}
 	outcome := Verdict(res.status)
 	r.stats.record(res.status, res.errText)
-	r.e.metrics.Pushed(r.sub.Name, res.status, outcomeLabel(outcome, m.Deliveries >= r.sub.MaxDeliveries), res.latency)
+	r.e.metrics.Pushed(r.sub.Name, res.status, outcomeLabel(outcome, m.Deliveries >= r.sub.MaxDeliveries || m.Origin == core.Unsettled, r.sub.Transport == "pubsub"), res.latency)
 	if ce := log.Check(zap.DebugLevel, "pushed"); ce != nil {
 		ce.Write(zap.String("message_id", m.ID), zap.Int("status", res.status), zap.Int("delivery", m.Deliveries),
 			zap.Stringer("outcome", outcome), zap.Duration("latency", res.latency))
+	}
+	if m.Origin == core.Unsettled && outcome != Ack {
+		r.settleAtMostOnce(m, outcome, res)
+		return
 	}
 	switch outcome {
 	case Ack:
@@ -390,23 +404,58 @@ func (r *runner) handle(m *core.Message) {
 	case Drop, Gone:
 		r.deadLetter(m, core.ReasonDropped, res.status, res.errText)
 		if outcome == Gone {
-			reason := "webhook answered 410 Gone"
-			ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
-			err := r.e.b.PauseSubscription(ctx, r.sub.Name, reason)
-			cancel()
-			if err != nil {
-				log.Error("could not pause subscription after 410", zap.Error(err))
-			} else {
-				log.Warn("subscription paused: " + reason)
-			}
+			r.pauseGone()
 		}
 	}
 }
 
+func (r *runner) pauseGone() {
+	reason := "webhook answered 410 Gone"
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	err := r.e.b.PauseSubscription(ctx, r.sub.Name, reason)
+	cancel()
+	if err != nil {
+		r.log.Error("could not pause subscription after 410", zap.Error(err))
+	} else {
+		r.log.Warn("subscription paused: " + reason)
+	}
+}
+
+// settleAtMostOnce handles a failed push of a message nothing in Redis holds any more: a
+// simple list's is dead-lettered (its one delivery is spent), a Pub/Sub message's failure
+// is only counted and logged.
+func (r *runner) settleAtMostOnce(m *core.Message, outcome Outcome, res pushResult) {
+	if outcome == Gone {
+		defer r.pauseGone()
+	}
+	if r.sub.Transport == "pubsub" {
+		r.stats.Dropped.Add(1)
+		r.log.Info("Pub/Sub push failed; at-most-once, not retried", zap.String("message_id", m.ID),
+			zap.Int("status", res.status), zap.String("error", res.errText))
+		return
+	}
+	reason := core.ReasonDropped
+	if outcome == Requeue {
+		reason = core.ReasonMaxDeliveries
+	}
+	r.deadLetter(m, reason, res.status, res.errText)
+}
+
 func (r *runner) ack(m *core.Message) {
 	r.stats.Delivered.Add(1)
-	if m.Origin == core.FromStream {
+	switch m.Origin {
+	case core.FromStream:
 		r.acks <- m.EntryID
+		return
+	case core.Unsettled:
+		return
+	case core.FromList:
+		ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+		defer cancel()
+		if err := r.e.b.AckList(ctx, r.sub, m); err != nil {
+			r.log.Warn("could not ack list message; it will be delivered again after recovery",
+				zap.String("message_id", m.ID), zap.Error(err))
+		}
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
@@ -492,10 +541,12 @@ func (r *runner) sleep(d time.Duration) {
 }
 
 // outcomeLabel names an outcome for metrics: what actually happens to the message.
-func outcomeLabel(o Outcome, exhausted bool) string {
+func outcomeLabel(o Outcome, exhausted, pubsub bool) string {
 	switch {
 	case o == Ack:
 		return "ack"
+	case pubsub:
+		return "dropped"
 	case o == Requeue && !exhausted:
 		return "retry"
 	}

@@ -32,32 +32,46 @@ type publishResponse struct {
 	ID        string `json:"id"`
 	Subject   string `json:"subject"`
 	Duplicate bool   `json:"duplicate,omitempty"`
+	Receivers *int64 `json:"receivers,omitempty"`
 }
 
-// checkPublishTarget validates the subject and the transport query of a publish route.
-func checkPublishTarget(w http.ResponseWriter, r *http.Request) (string, bool) {
-	subject := chi.URLParam(r, "subject")
-	if !core.ValidSubject(subject) {
+// target is where a publish goes: the subject and the transport's options.
+type target struct {
+	subject, transport string
+	sharded            bool
+}
+
+// checkPublishTarget validates the subject and the transport and mode queries of a publish route.
+func checkPublishTarget(w http.ResponseWriter, r *http.Request) (target, bool) {
+	t := target{subject: chi.URLParam(r, "subject"), transport: r.URL.Query().Get("transport")}
+	if !core.ValidSubject(t.subject) {
 		writeProblem(w, "invalid_subject", "subjects match ^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
-		return "", false
+		return t, false
 	}
-	switch t := r.URL.Query().Get("transport"); t {
-	case "", "stream":
-	case "list", "pubsub":
-		writeProblem(w, "unsupported_transport", fmt.Sprintf("transport %q is not served by this version; use stream", t))
-		return "", false
-	default:
+	if t.transport == "" {
+		t.transport = "stream"
+	}
+	if t.transport != "stream" && t.transport != "list" && t.transport != "pubsub" {
 		writeProblem(w, "invalid_query", "transport must be stream, list or pubsub")
-		return "", false
+		return t, false
 	}
-	return subject, true
+	switch mode := r.URL.Query().Get("mode"); {
+	case mode == "" || mode == "classic":
+	case mode == "sharded" && t.transport == "pubsub":
+		t.sharded = true
+	default:
+		writeProblem(w, "invalid_query", "mode is classic or sharded, and only with transport=pubsub")
+		return t, false
+	}
+	return t, true
 }
 
 func (a *api) publish(w http.ResponseWriter, r *http.Request) {
-	subject, ok := checkPublishTarget(w, r)
+	t, ok := checkPublishTarget(w, r)
 	if !ok {
 		return
 	}
+	subject := t.subject
 	headers, err := messageHeaders(r.Header)
 	if err != nil {
 		writeProblem(w, "invalid_header", err.Error())
@@ -84,6 +98,28 @@ func (a *api) publish(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
+	if t.transport != "stream" {
+		if out.IdempotencyKey != "" || !out.NotBefore.IsZero() {
+			writeProblem(w, "unsupported_transport", "Idempotency-Key, Bridge-Delay and Bridge-Not-Before work with the stream transport")
+			return
+		}
+		resp := publishResponse{Subject: subject}
+		var err error
+		if t.transport == "list" {
+			resp.ID, err = a.b.PublishList(ctx, subject, out.Body, headers)
+		} else {
+			var n int64
+			resp.ID, n, err = a.b.PublishPubSub(ctx, subject, out.Body, headers, t.sharded)
+			resp.Receivers = &n
+		}
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		a.opts.Metrics.Published(subject, t.transport, 1)
+		writeJSON(w, http.StatusAccepted, resp)
+		return
+	}
 	if out.IdempotencyKey == "" && out.NotBefore.IsZero() {
 		// The common case: one XADD, no script.
 		id, err := a.b.Publish(ctx, subject, out.Body, headers)
@@ -91,7 +127,7 @@ func (a *api) publish(w http.ResponseWriter, r *http.Request) {
 			a.fail(w, r, err)
 			return
 		}
-		a.opts.Metrics.Published(subject, 1)
+		a.opts.Metrics.Published(subject, "stream", 1)
 		writeJSON(w, http.StatusAccepted, publishResponse{ID: id, Subject: subject})
 		return
 	}
@@ -101,7 +137,7 @@ func (a *api) publish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !res.Duplicate {
-		a.opts.Metrics.Published(subject, 1)
+		a.opts.Metrics.Published(subject, "stream", 1)
 	}
 	writeJSON(w, http.StatusAccepted, publishResponse{ID: res.ID, Subject: subject, Duplicate: res.Duplicate})
 }
@@ -245,10 +281,15 @@ type batchResult struct {
 }
 
 func (a *api) publishBatch(w http.ResponseWriter, r *http.Request) {
-	subject, ok := checkPublishTarget(w, r)
+	t, ok := checkPublishTarget(w, r)
 	if !ok {
 		return
 	}
+	if t.transport != "stream" {
+		writeProblem(w, "unsupported_transport", "batch publish works with the stream transport")
+		return
+	}
+	subject := t.subject
 	var req batchRequest
 	if !decodeJSONLimit(w, r, &req, false, a.opts.MaxBatchBody) {
 		return
@@ -298,7 +339,7 @@ func (a *api) publishBatch(w http.ResponseWriter, r *http.Request) {
 				written++
 			}
 		}
-		a.opts.Metrics.Published(subject, written)
+		a.opts.Metrics.Published(subject, "stream", written)
 	}
 	writeJSON(w, http.StatusAccepted, map[string]any{"results": results})
 }

@@ -23,8 +23,10 @@ import (
 type Broker interface {
 	Ping(ctx context.Context) error
 	Publish(ctx context.Context, subject string, body []byte, headers map[string]string) (string, error)
+	PublishList(ctx context.Context, subject string, body []byte, headers map[string]string) (string, error)
+	PublishPubSub(ctx context.Context, subject string, body []byte, headers map[string]string, sharded bool) (string, int64, error)
 	PublishMany(ctx context.Context, subject string, msgs []core.Outgoing, window time.Duration) []core.Published
-	DestroyGroup(ctx context.Context, subject, sub string) error
+	DestroySubscription(ctx context.Context, s *core.Subscription) error
 	GetSubscription(ctx context.Context, name string) (*core.Subscription, error)
 	ListSubscriptions(ctx context.Context) ([]*core.Subscription, int64, error)
 	DeleteSubscription(ctx context.Context, name string) error
@@ -68,14 +70,14 @@ type Options struct {
 
 // Metrics is what the API reports.
 type Metrics interface {
-	Published(subject string, n int)
+	Published(subject, transport string, n int)
 	PublishError(code string)
 }
 
 type noMetrics struct{}
 
-func (noMetrics) Published(string, int) {}
-func (noMetrics) PublishError(string)   {}
+func (noMetrics) Published(string, string, int) {}
+func (noMetrics) PublishError(string)           {}
 
 // maxJSONBody bounds every JSON request body other than a published message.
 const maxJSONBody = 64 << 10

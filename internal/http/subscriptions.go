@@ -182,7 +182,7 @@ func (a *api) deleteSubscription(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	if err := a.b.DestroyGroup(ctx, s.Subject, s.Name); err != nil {
+	if err := a.b.DestroySubscription(ctx, s); err != nil {
 		a.fail(w, r, err)
 		return
 	}
@@ -256,6 +256,10 @@ func (a *api) seek(w http.ResponseWriter, r *http.Request) {
 	}
 	var req seekRequest
 	if !decodeJSON(w, r, &req, false) {
+		return
+	}
+	if s.Transport != "stream" {
+		writeProblem(w, "unsupported_transport", "seek works with the stream transport")
 		return
 	}
 	var at time.Time

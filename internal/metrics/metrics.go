@@ -77,12 +77,12 @@ func (m *Metrics) WatchSubscriptions(src GaugeSource) {
 	m.reg.MustRegister(&gaugeCollector{src: src})
 }
 
-// Published counts n messages written to subject.
-func (m *Metrics) Published(subject string, n int) {
+// Published counts n messages written to subject over transport.
+func (m *Metrics) Published(subject, transport string, n int) {
 	if m == nil || n == 0 {
 		return
 	}
-	m.published.WithLabelValues(subject, "stream").Add(float64(n))
+	m.published.WithLabelValues(subject, transport).Add(float64(n))
 }
 
 // PublishError counts a refused or failed publish by its problem code.

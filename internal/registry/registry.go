@@ -18,6 +18,7 @@ import (
 // Store is what the registry needs from Redis. *broker.Broker implements it.
 type Store interface {
 	EnsureGroup(ctx context.Context, subject, sub, start string) (bool, error)
+	CheckListKey(ctx context.Context, subject string) error
 	PutSubscription(ctx context.Context, s *core.Subscription) (bool, error)
 	GetSubscription(ctx context.Context, name string) (*core.Subscription, error)
 }
@@ -108,9 +109,19 @@ func (r *Registry) Apply(ctx context.Context, name string, in core.SubscriptionI
 	if old != nil && sameSettings(old, s) {
 		return Result{Subscription: old}, nil
 	}
-	// The group first: if the subject's key holds another type this fails with nothing stored.
-	if _, err := r.store.EnsureGroup(ctx, s.Subject, s.Name, s.Start); err != nil {
-		return Result{}, err
+	if old != nil && old.Transport != s.Transport {
+		return Result{}, &InputError{"subject_immutable", fmt.Sprintf("subscription %s uses transport %s; delete it to use another", name, old.Transport)}
+	}
+	// The subject's key first: if it holds another type this fails with nothing stored.
+	switch s.Transport {
+	case "stream":
+		if _, err := r.store.EnsureGroup(ctx, s.Subject, s.Name, s.Start); err != nil {
+			return Result{}, err
+		}
+	case "list":
+		if err := r.store.CheckListKey(ctx, s.Subject); err != nil {
+			return Result{}, err
+		}
 	}
 	replaced, err := r.store.PutSubscription(ctx, s)
 	if err != nil {

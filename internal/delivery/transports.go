@@ -1,0 +1,162 @@
+package delivery
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/bridge-dev/bridge/internal/core"
+	"go.uber.org/zap"
+)
+
+// listLoop is the producer of a list subscription. Reliable mode also serves its retry
+// set, keeps this runner's heartbeat fresh and returns dead consumers' processing lists to
+// the queue; simple mode only pops.
+func (r *runner) listLoop() {
+	reliable := r.sub.ListMode != "simple"
+	vt := time.Duration(r.sub.VisibilityTimeout)
+	if reliable {
+		// Beat before the first pop, and from a goroutine of its own so that slow pushes
+		// never let the heartbeat go stale while this process still works on its list.
+		r.beat()
+		done := make(chan struct{})
+		defer close(done)
+		go func() {
+			t := time.NewTicker(max(vt/4, 50*time.Millisecond))
+			defer t.Stop()
+			for {
+				select {
+				case <-done:
+					return
+				case <-t.C:
+					r.beat()
+				}
+			}
+		}()
+	}
+	recoverEvery := min(max(vt/4, 250*time.Millisecond), 5*time.Second)
+	nextRecover := time.Now()
+	var errs errThrottle
+	for {
+		n := r.acquire(r.sub.MaxInFlight, true)
+		if n == 0 {
+			return
+		}
+		now := time.Now()
+		var failed error
+		if reliable {
+			var got int
+			got, failed = r.claimDueRetries(n, now, vt)
+			n -= got
+			if failed == nil && !now.Before(nextRecover) {
+				nextRecover = now.Add(recoverEvery)
+				ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+				back, err := r.e.b.RecoverList(ctx, r.sub, vt)
+				cancel()
+				failed = err
+				if back > 0 {
+					r.log.Info("returned a dead consumer's processing list to the queue", zap.Int("count", back))
+				}
+			}
+		}
+		if n > 0 && failed == nil {
+			block := min(time.Until(time.UnixMilli(r.nextRetry.Load())), r.e.opts.Block)
+			if !reliable {
+				block = r.e.opts.Block
+			}
+			if r.stopping() {
+				block = 0
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), r.e.opts.Block+settleTimeout)
+			msgs, err := r.e.b.PopList(ctx, r.sub, r.consumer, n, block)
+			cancel()
+			failed = err
+			n -= len(msgs)
+			r.dispatch(msgs)
+		}
+		r.release(n)
+		if failed != nil {
+			if r.stopping() {
+				return
+			}
+			errs.log(r.log, "reading the list failed; retrying", failed)
+			r.sleep(time.Second)
+			continue
+		}
+		errs.ok(r.log, "reading the list again")
+	}
+}
+
+func (r *runner) beat() {
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	defer cancel()
+	if err := r.e.b.Heartbeat(ctx, r.sub, r.consumer); err != nil {
+		r.log.Debug("heartbeat failed", zap.Error(err))
+	}
+}
+
+// claimDueRetries dispatches up to n due messages of the retry set and updates nextRetry.
+func (r *runner) claimDueRetries(n int, now time.Time, lease time.Duration) (int, error) {
+	if now.Before(time.UnixMilli(r.nextRetry.Load())) {
+		return 0, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	msgs, next, err := r.e.b.ClaimRetries(ctx, r.sub, now, lease, n)
+	cancel()
+	// Other processes schedule retries too: look again within RegistryPoll at most.
+	poll := now.Add(r.e.opts.RegistryPoll)
+	if next.IsZero() || next.After(poll) {
+		next = poll
+	}
+	if len(msgs) == n {
+		next = now // more may be due
+	}
+	r.nextRetry.Store(next.UnixMilli())
+	r.dispatch(msgs)
+	return len(msgs), err
+}
+
+// pubsubLoop keeps the subscription's channel subscribed (resubscribing after a lost
+// connection) and hands each message to a worker. Pub/Sub is at-most-once: a message that
+// arrives while every slot is busy waits for one, and only one bridge process pushes it.
+func (r *runner) pubsubLoop() {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-r.stopCh
+		cancel()
+	}()
+	// The receive callback may still be running when a subscription ends; the lock keeps it
+	// from dispatching once this producer has returned (and jobs is closed).
+	var mu sync.RWMutex
+	closed := false
+	defer func() {
+		mu.Lock()
+		closed = true
+		mu.Unlock()
+	}()
+	var errs errThrottle
+	for !r.stopping() {
+		err := r.e.b.SubscribePubSub(ctx, r.sub, func() { errs.ok(r.log, "Pub/Sub subscribed") }, func(m core.Message) {
+			mu.RLock()
+			defer mu.RUnlock()
+			if closed || r.acquire(1, true) == 0 {
+				return
+			}
+			cctx, ccancel := context.WithTimeout(context.Background(), settleTimeout)
+			mine, err := r.e.b.ClaimPubSub(cctx, r.sub, m.ID)
+			ccancel()
+			if err != nil || !mine {
+				// Another process pushes it; if Redis cannot say, at-most-once means skip.
+				r.release(1)
+				return
+			}
+			r.dispatch([]core.Message{m})
+		})
+		if r.stopping() {
+			return
+		}
+		errs.log(r.log, "Pub/Sub subscription lost; resubscribing", err)
+		r.sleep(time.Second)
+	}
+}
