@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/bridge-dev/bridge/api"
+	"github.com/bridge-dev/bridge/internal/auth"
 	"github.com/bridge-dev/bridge/internal/broker"
 	"github.com/bridge-dev/bridge/internal/config"
 	"github.com/bridge-dev/bridge/internal/delivery"
@@ -83,8 +84,12 @@ func run(ctx context.Context, environ []string) error {
 		log.Info("subscriptions file applied", zap.String("file", cfg.SubscriptionsFile),
 			zap.Int("subscriptions", applied), zap.Int("changed", changed))
 	}
+	tokens, err := loadTokens(cfg)
+	if err != nil {
+		return err
+	}
 	handler := httpapi.NewHandler(b, reg, engine, httpapi.Options{
-		Token:             cfg.Token,
+		Tokens:            tokens,
 		MaxBody:           int64(cfg.MaxBody),
 		MaxBatchBody:      int64(cfg.MaxBatchBody),
 		IdempotencyWindow: cfg.IdempotencyWindow,
@@ -98,19 +103,31 @@ func run(ctx context.Context, environ []string) error {
 		return fmt.Errorf("BRIDGE_LISTEN: %w", err)
 	}
 	srv := httpapi.NewServer(cfg.Listen, handler, log)
-	if cfg.Token == "" {
-		log.Warn("no BRIDGE_TOKEN: the API is open to anyone who can reach " + ln.Addr().String())
+	if tokens == nil {
+		log.Warn("no BRIDGE_TOKEN or BRIDGE_TOKENS_FILE: the API is open to anyone who can reach " + ln.Addr().String())
+	} else {
+		log.Info("API tokens loaded", zap.Int("tokens", tokens.Current().Len()))
 	}
 	engine.Start()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info("bridge listening", zap.String("addr", ln.Addr().String()))
 
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down", zap.Duration("grace", cfg.ShutdownGrace))
-	case err := <-serveErr:
-		log.Error("http server failed", zap.Error(err))
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("shutting down", zap.Duration("grace", cfg.ShutdownGrace))
+			break wait
+		case err := <-serveErr:
+			log.Error("http server failed", zap.Error(err))
+			break wait
+		case <-hup:
+			reloadTokens(cfg, tokens, log)
+		}
 	}
 
 	// Order matters: stop taking requests, stop reading Redis and let in-flight pushes
@@ -125,6 +142,42 @@ func run(ctx context.Context, environ []string) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// loadTokens builds the token store from BRIDGE_TOKEN and BRIDGE_TOKENS_FILE; nil when the
+// API runs open.
+func loadTokens(cfg *config.Config) (*auth.Store, error) {
+	if cfg.OpenWithoutToken() {
+		return nil, nil
+	}
+	set := auth.Static(cfg.Token)
+	if cfg.TokensFile != "" {
+		file, err := auth.Load(cfg.TokensFile)
+		if err != nil {
+			return nil, fmt.Errorf("BRIDGE_TOKENS_FILE: %w", err)
+		}
+		if set, err = auth.Merge(set, file); err != nil {
+			return nil, fmt.Errorf("BRIDGE_TOKENS_FILE: %w", err)
+		}
+	}
+	return auth.NewStore(set), nil
+}
+
+// reloadTokens re-reads BRIDGE_TOKENS_FILE on SIGHUP; a bad file keeps the tokens in force.
+func reloadTokens(cfg *config.Config, tokens *auth.Store, log *zap.Logger) {
+	if tokens == nil || cfg.TokensFile == "" {
+		log.Info("SIGHUP: no BRIDGE_TOKENS_FILE to reload")
+		return
+	}
+	var static *auth.Set
+	if cfg.Token != "" {
+		static = auth.Static(cfg.Token)
+	}
+	if err := tokens.Reload(cfg.TokensFile, static); err != nil {
+		log.Error("SIGHUP: BRIDGE_TOKENS_FILE not reloaded; the previous tokens stay in force", zap.Error(err))
+		return
+	}
+	log.Info("SIGHUP: tokens reloaded", zap.Int("tokens", tokens.Current().Len()))
 }
 
 // subscriptionGauges reads every subscription's Redis-side figures for a metrics scrape.

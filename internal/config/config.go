@@ -52,6 +52,7 @@ type Config struct {
 	RedisTLSKey         string        `env:"REDIS_TLS_KEY"`
 	RedisSentinelMaster string        `env:"REDIS_SENTINEL_MASTER"`
 	Token               string        `env:"TOKEN"`
+	TokensFile          string        `env:"TOKENS_FILE"`
 	Auth                string        `env:"AUTH"`
 	TargetAllowCIDRs    string        `env:"TARGET_ALLOW_CIDRS"`
 	MaxBody             ByteSize      `env:"MAX_BODY" envDefault:"1MiB"`
@@ -107,8 +108,11 @@ func (c *Config) Validate() error {
 	if c.Token != "" && len(c.Token) < 16 {
 		return errors.New("BRIDGE_TOKEN: must be at least 16 characters")
 	}
-	if c.Token == "" && c.Auth != "none" && !isLoopback(host) {
-		return fmt.Errorf("BRIDGE_TOKEN: required when BRIDGE_LISTEN (%s) is not a loopback address; set BRIDGE_AUTH=none to run an open API deliberately", c.Listen)
+	if c.Auth == "none" && (c.Token != "" || c.TokensFile != "") {
+		return errors.New("BRIDGE_AUTH: none contradicts BRIDGE_TOKEN / BRIDGE_TOKENS_FILE")
+	}
+	if c.OpenWithoutToken() && c.Auth != "none" && !isLoopback(host) {
+		return fmt.Errorf("BRIDGE_TOKEN: a token (or BRIDGE_TOKENS_FILE) is required when BRIDGE_LISTEN (%s) is not a loopback address; set BRIDGE_AUTH=none to run an open API deliberately", c.Listen)
 	}
 	if c.ShutdownGrace < 0 || c.ShutdownGrace > time.Hour {
 		return fmt.Errorf("BRIDGE_SHUTDOWN_GRACE: %s out of range (0 to 1h)", c.ShutdownGrace)
@@ -154,7 +158,7 @@ func (c *Config) ZapLevel() (zapcore.Level, error) {
 }
 
 // OpenWithoutToken reports whether the API runs without authentication (loopback or BRIDGE_AUTH=none).
-func (c *Config) OpenWithoutToken() bool { return c.Token == "" }
+func (c *Config) OpenWithoutToken() bool { return c.Token == "" && c.TokensFile == "" }
 
 func isLoopback(host string) bool {
 	if host == "localhost" {

@@ -4,14 +4,13 @@ package httpapi
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"net/http"
 	"strings"
 	"time"
 
+	"github.com/bridge-dev/bridge/internal/auth"
 	"github.com/bridge-dev/bridge/internal/core"
 	"github.com/bridge-dev/bridge/internal/registry"
 	"github.com/go-chi/chi/v5"
@@ -51,8 +50,9 @@ type Engine interface {
 
 // Options configure the API.
 type Options struct {
-	// Token, when set, is required as a bearer token on every /v1 route.
-	Token string
+	// Tokens, when set, authenticate every /v1 route and scope what each caller may do.
+	// Nil leaves the API open (the configuration only allows that on loopback or by choice).
+	Tokens *auth.Store
 	// MaxBody bounds a published message (413 above it).
 	MaxBody int64
 	// MaxBatchBody bounds a batch publish request (413 above it); default 16 MiB.
@@ -86,12 +86,11 @@ const maxJSONBody = 64 << 10
 const requestTimeout = 5 * time.Second
 
 type api struct {
-	b        Broker
-	reg      Registry
-	e        Engine
-	opts     Options
-	log      *zap.Logger
-	tokenSum [sha256.Size]byte
+	b    Broker
+	reg  Registry
+	e    Engine
+	opts Options
+	log  *zap.Logger
 }
 
 // NewHandler returns the API's HTTP handler.
@@ -112,9 +111,6 @@ func NewHandler(b Broker, reg Registry, e Engine, opts Options) http.Handler {
 		opts.MaxBody = 1 << 20
 	}
 	a := &api{b: b, reg: reg, e: e, opts: opts, log: opts.Logger}
-	if opts.Token != "" {
-		a.tokenSum = sha256.Sum256([]byte(opts.Token))
-	}
 	r := chi.NewRouter()
 	r.Use(middleware.RequestID, a.logRequests, a.recoverer)
 	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
@@ -136,21 +132,26 @@ func NewHandler(b Broker, reg Registry, e Engine, opts Options) http.Handler {
 	})
 	r.Route("/v1", func(r chi.Router) {
 		r.Use(a.authenticate)
-		r.With(a.countPublishErrors).Post("/subjects/{subject}/messages", a.publish)
-		r.With(a.countPublishErrors).Post("/subjects/{subject}/batch", a.publishBatch)
-		r.Get("/subscriptions", a.listSubscriptions)
+		publish := r.With(a.countPublishErrors, a.require(auth.ActionPublish))
+		publish.Post("/subjects/{subject}/messages", a.publish)
+		publish.Post("/subjects/{subject}/batch", a.publishBatch)
+		read := a.require(auth.ActionSubscriptionsRead)
+		write := a.require(auth.ActionSubscriptionsWrite)
+		dlq := a.require(auth.ActionDeadLettersWrite)
+		r.With(read).Get("/subscriptions", a.listSubscriptions)
 		r.Route("/subscriptions/{name}", func(r chi.Router) {
-			r.Put("/", a.putSubscription)
-			r.Get("/", a.getSubscription)
-			r.Delete("/", a.deleteSubscription)
-			r.Post("/pause", a.pause)
-			r.Post("/resume", a.resume)
-			r.Get("/secret", a.secret)
-			r.Post("/secret/rotate", a.rotateSecret)
-			r.Post("/seek", a.seek)
-			r.Get("/dead-letters", a.deadLetters)
-			r.Delete("/dead-letters", a.purgeDeadLetters)
-			r.Post("/dead-letters/replay", a.replay)
+			r.With(write).Put("/", a.putSubscription)
+			r.With(read).Get("/", a.getSubscription)
+			r.With(write).Delete("/", a.deleteSubscription)
+			r.With(write).Post("/pause", a.pause)
+			r.With(write).Post("/resume", a.resume)
+			// The secret lets its holder forge pushes: reading it takes the write scope.
+			r.With(write).Get("/secret", a.secret)
+			r.With(write).Post("/secret/rotate", a.rotateSecret)
+			r.With(write).Post("/seek", a.seek)
+			r.With(read).Get("/dead-letters", a.deadLetters)
+			r.With(dlq).Delete("/dead-letters", a.purgeDeadLetters)
+			r.With(dlq).Post("/dead-letters/replay", a.replay)
 		})
 	})
 	return r
@@ -185,28 +186,53 @@ func (a *api) ready(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }
 
-// authenticate checks the bearer token in constant time: both sides are hashed first so
-// neither the comparison nor its length leaks anything about the token.
+type principalKey struct{}
+
+// authenticate identifies the caller by bearer token (compared in constant time, see
+// auth.Set.Authenticate); 401 with WWW-Authenticate when it is missing or unknown.
 func (a *api) authenticate(next http.Handler) http.Handler {
-	if a.opts.Token == "" {
+	if a.opts.Tokens == nil {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		auth := r.Header.Get("Authorization")
-		scheme, tok, ok := strings.Cut(auth, " ")
-		if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
+		scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="bridge"`)
 			writeProblem(w, "unauthorized", "a bearer token is required")
 			return
 		}
-		sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
-		if subtle.ConstantTimeCompare(sum[:], a.tokenSum[:]) != 1 {
+		p, ok := a.opts.Tokens.Current().Authenticate(strings.TrimSpace(tok))
+		if !ok {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="bridge", error="invalid_token"`)
 			writeProblem(w, "unauthorized", "the bearer token is not valid")
 			return
 		}
-		next.ServeHTTP(w, r)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
 	})
+}
+
+// require answers 403 insufficient_scope (RFC 6750) unless the caller may do action; the
+// resource of a publish is its subject.
+func (a *api) require(action auth.Action) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		if a.opts.Tokens == nil {
+			return next
+		}
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			resource := ""
+			if action == auth.ActionPublish {
+				resource = chi.URLParam(r, "subject")
+			}
+			p, _ := r.Context().Value(principalKey{}).(*auth.Principal)
+			if p == nil || !p.Allows(action, resource) {
+				scope := auth.Scope(action, resource)
+				w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="bridge", error="insufficient_scope", scope=%q`, scope))
+				writeProblem(w, "forbidden", "the token lacks the scope "+scope)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
 }
 
 func (a *api) countPublishErrors(next http.Handler) http.Handler {
