@@ -241,3 +241,36 @@ func TestSubscriptionsFile(t *testing.T) {
 		t.Fatalf("bad subscriptions file: err=%v out=%q", err, out)
 	}
 }
+
+// With BRIDGE_SECRET_KEY the signing secret and static headers are stored encrypted; the
+// bridge still signs with them, and a process without the key cannot read them.
+func TestSecretsEncryptedAtRest(t *testing.T) {
+	t.Parallel()
+	rs := redistest.Start(t, redistest.Options{})
+	const key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=" // base64 of 32 bytes
+	br := startBridge(t, redisURL(rs), "BRIDGE_SECRET_KEY="+key)
+	rc := newReceiver(t, nil)
+	subject := uniq("sealed")
+	secret := br.subscribe("sealed", fastSub(rc.URL, subject, map[string]any{"headers": map[string]string{"Authorization": "Bearer fn-credential-xyz"}}))
+	rc.setSecret(secret)
+	raw, _ := rs.Do(t, "HGET", "bridge:subscriptions", "sealed").ToString()
+	if strings.Contains(raw, secret) || strings.Contains(raw, "fn-credential-xyz") || !strings.Contains(raw, "enc:v1:") {
+		t.Fatalf("stored in plain text: %s", raw)
+	}
+	_, id := br.publish(subject, []byte("x"))
+	redistest.Eventually(t, 10*time.Second, func() bool { return len(rc.byID(id)) == 1 }, "not pushed")
+	if p := rc.byID(id)[0]; !p.Verified || p.Header.Get("Authorization") != "Bearer fn-credential-xyz" {
+		t.Fatalf("push %+v", p)
+	}
+	var sv struct {
+		Secret string `json:"secret"`
+	}
+	br.do("GET", "/v1/subscriptions/sealed/secret", nil, &sv)
+	if sv.Secret != secret {
+		t.Fatal("the API does not return the decrypted secret")
+	}
+	keyless := startBridge(t, redisURL(rs))
+	if code := keyless.do("GET", "/v1/subscriptions/sealed/secret", nil, nil); code != 500 {
+		t.Fatalf("a process without the key answered %d", code)
+	}
+}

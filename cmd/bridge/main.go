@@ -19,6 +19,7 @@ import (
 	"github.com/bridge-dev/bridge/internal/metrics"
 	"github.com/bridge-dev/bridge/internal/netguard"
 	"github.com/bridge-dev/bridge/internal/registry"
+	"github.com/bridge-dev/bridge/internal/sealer"
 	"github.com/bridge-dev/bridge/internal/subsfile"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -43,6 +44,14 @@ func run(ctx context.Context, environ []string) error {
 	if err != nil {
 		return fmt.Errorf("BRIDGE_TARGET_ALLOW_CIDRS: %w", err)
 	}
+	var brokerOpts []broker.Option
+	if cfg.SecretKey != "" {
+		sl, err := sealer.New(cfg.SecretKey)
+		if err != nil {
+			return fmt.Errorf("BRIDGE_SECRET_KEY: %w", err)
+		}
+		brokerOpts = append(brokerOpts, broker.WithSealer(sl))
+	}
 	log, err := newLogger(cfg)
 	if err != nil {
 		return err
@@ -65,7 +74,7 @@ func run(ctx context.Context, environ []string) error {
 	} else {
 		log.Info("redis", zap.String("addr", conn.Addr))
 	}
-	b := broker.New(conn.Client)
+	b := broker.New(conn.Client, brokerOpts...)
 	guard := netguard.New(allow)
 
 	mx := metrics.New()

@@ -11,16 +11,30 @@ import (
 	"strings"
 
 	"github.com/bridge-dev/bridge/internal/core"
+	"github.com/bridge-dev/bridge/internal/sealer"
 	"github.com/redis/rueidis"
 )
 
 // Broker is safe for concurrent use.
 type Broker struct {
-	c rueidis.Client
+	c      rueidis.Client
+	sealer *sealer.Sealer
 }
 
+// Option configures a Broker.
+type Option func(*Broker)
+
+// WithSealer stores subscription secrets and static header values encrypted.
+func WithSealer(s *sealer.Sealer) Option { return func(b *Broker) { b.sealer = s } }
+
 // New returns a broker over c. The caller owns c and closes it after the broker's last use.
-func New(c rueidis.Client) *Broker { return &Broker{c: c} }
+func New(c rueidis.Client, opts ...Option) *Broker {
+	b := &Broker{c: c}
+	for _, o := range opts {
+		o(b)
+	}
+	return b
+}
 
 // Client is the underlying client, for callers that need a raw command (tests, readiness).
 func (b *Broker) Client() rueidis.Client { return b.c }

@@ -41,7 +41,7 @@ return n`)
 
 // PutSubscription stores s (secret included) and reports whether it replaced one.
 func (b *Broker) PutSubscription(ctx context.Context, s *core.Subscription) (replaced bool, err error) {
-	raw, err := json.Marshal(s)
+	raw, err := json.Marshal(b.seal(s))
 	if err != nil {
 		return false, err
 	}
@@ -61,11 +61,52 @@ func (b *Broker) GetSubscription(ctx context.Context, name string) (*core.Subscr
 	if err != nil {
 		return nil, fmt.Errorf("read subscription %s: %w", name, classify(err))
 	}
+	return b.decodeSubscription(name, raw)
+}
+
+func (b *Broker) decodeSubscription(name string, raw []byte) (*core.Subscription, error) {
 	var s core.Subscription
 	if err := json.Unmarshal(raw, &s); err != nil {
 		return nil, fmt.Errorf("decode subscription %s: %w", name, err)
 	}
+	if err := b.open(&s); err != nil {
+		return nil, fmt.Errorf("subscription %s: %w", name, err)
+	}
 	return &s, nil
+}
+
+// seal returns a copy of s whose secrets and static header values are encrypted (when a
+// key is configured), each bound to its subscription and field.
+func (b *Broker) seal(s *core.Subscription) *core.Subscription {
+	if b.sealer == nil {
+		return s
+	}
+	c := *s
+	c.Secret = b.sealer.Seal(s.Secret, "subscription/"+s.Name+"/secret")
+	c.PreviousSecret = b.sealer.Seal(s.PreviousSecret, "subscription/"+s.Name+"/previous_secret")
+	if len(s.Headers) > 0 {
+		c.Headers = make(map[string]string, len(s.Headers))
+		for k, v := range s.Headers {
+			c.Headers[k] = b.sealer.Seal(v, "subscription/"+s.Name+"/header/"+k)
+		}
+	}
+	return &c
+}
+
+func (b *Broker) open(s *core.Subscription) error {
+	var err error
+	if s.Secret, err = b.sealer.Open(s.Secret, "subscription/"+s.Name+"/secret"); err != nil {
+		return err
+	}
+	if s.PreviousSecret, err = b.sealer.Open(s.PreviousSecret, "subscription/"+s.Name+"/previous_secret"); err != nil {
+		return err
+	}
+	for k, v := range s.Headers {
+		if s.Headers[k], err = b.sealer.Open(v, "subscription/"+s.Name+"/header/"+k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ListSubscriptions returns every stored subscription and the registry version they belong to.
@@ -80,11 +121,11 @@ func (b *Broker) ListSubscriptions(ctx context.Context) ([]*core.Subscription, i
 		if name == versionField {
 			continue
 		}
-		var s core.Subscription
-		if err := json.Unmarshal([]byte(raw), &s); err != nil {
-			return nil, 0, fmt.Errorf("decode subscription %s: %w", name, err)
+		s, err := b.decodeSubscription(name, []byte(raw))
+		if err != nil {
+			return nil, 0, err
 		}
-		subs = append(subs, &s)
+		subs = append(subs, s)
 	}
 	return subs, version, nil
 }

@@ -59,6 +59,7 @@ type Config struct {
 	MaxBatchBody        ByteSize      `env:"MAX_BATCH_BODY" envDefault:"16MiB"`
 	IdempotencyWindow   time.Duration `env:"IDEMPOTENCY_WINDOW" envDefault:"24h"`
 	SubscriptionsFile   string        `env:"SUBSCRIPTIONS_FILE"`
+	SecretKey           string        `env:"SECRET_KEY"`
 	ShutdownGrace       time.Duration `env:"SHUTDOWN_GRACE" envDefault:"30s"`
 	LogLevel            string        `env:"LOG_LEVEL" envDefault:"info"`
 	LogFormat           string        `env:"LOG_FORMAT" envDefault:"json"`
