@@ -163,3 +163,43 @@ func TestSigtermFinishesInFlight(t *testing.T) {
 	}
 	t.Logf("SIGTERM: exit 0 in %s with %d pushes done; %d delivered after restart, no duplicate", took.Round(time.Millisecond), before, n-before)
 }
+
+// Three bridge processes on one Redis share a subscription: 3000 messages pushed once each
+// in normal operation; when one is kill -9'd mid-run the others reclaim its work.
+func TestThreeProcessesShareWork(t *testing.T) {
+	t.Parallel()
+	rs := redistest.Start(t, redistest.Options{})
+	procs := []*bridge{startBridge(t, redisURL(rs)), startBridge(t, redisURL(rs)), startBridge(t, redisURL(rs))}
+	rc := newReceiver(t, func(w http.ResponseWriter, p push, _ int) {
+		time.Sleep(time.Millisecond)
+		w.WriteHeader(204)
+	})
+	subject := uniq("shared")
+	procs[0].subscribe("shared", fastSub(rc.URL, subject, map[string]any{"timeout": "1s", "visibility_timeout": "2s", "max_in_flight": 8}))
+	time.Sleep(300 * time.Millisecond)
+
+	publishN := func(n int, via *bridge) {
+		for i := range n {
+			if code, _ := via.publish(subject, []byte(strconv.Itoa(i))); code != 202 {
+				t.Errorf("publish: %d", code)
+				return
+			}
+		}
+	}
+	// Normal operation: every message exactly once across the three.
+	publishN(3000, procs[1])
+	redistest.Eventually(t, 60*time.Second, func() bool { return rc.distinct() == 3000 }, "%d of 3000", rc.distinct())
+	time.Sleep(500 * time.Millisecond)
+	if rc.count() != 3000 {
+		t.Fatalf("%d pushes for 3000 messages with three processes: duplicates in normal operation", rc.count())
+	}
+	// A process dies mid-run: nothing is lost.
+	first := rc.count()
+	done := make(chan struct{})
+	go func() { defer close(done); publishN(3000, procs[1]) }()
+	defer func() { <-done }()
+	redistest.Eventually(t, 30*time.Second, func() bool { return rc.distinct() >= 3000+1000 }, "second run stalled")
+	procs[2].kill()
+	redistest.Eventually(t, 60*time.Second, func() bool { return rc.distinct() == 6000 }, "%d of 6000 after a kill -9", rc.distinct())
+	t.Logf("three processes: 3000 once each; with one killed: %d pushes for 3000 more (%d duplicates)", rc.count()-first, rc.count()-first-3000)
+}
