@@ -30,3 +30,21 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() bool, format st
 	}
 	t.Fatalf(format, args...)
 }
+
+// waitUntil is Eventually for conditions that explain themselves: cond
+// returns whether it holds and, if not, why; the last reason is in the
+// failure message after what.
+func waitUntil(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	var why string
+	Eventually(t, timeout, func() bool {
+		var ok bool
+		ok, why = cond()
+		return ok
+	}, "%s", fmtLazy(func() string { return "redistest: " + what + " within " + timeout.String() + ": " + why }))
+}
+
+// fmtLazy formats as the string f returns when printed.
+type fmtLazy func() string
+
+func (f fmtLazy) String() string { return f() }

@@ -3,6 +3,7 @@ package redistest
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -45,6 +46,18 @@ var (
 type Options struct {
 	AOF  bool     // appendonly yes, appendfsync always (durable across kill -9)
 	Args []string // extra redis-server args, e.g. "--maxmemory", "1mb"
+	// TLS serves TLS only (no plain port), requiring client certificates;
+	// see Server.TLSFiles. The test is skipped if redis-server lacks TLS.
+	TLS bool
+}
+
+// TLSFiles are PEM files in the server's Dir for a TLS client: the CA that
+// signed the server certificate, and a client certificate and key the server
+// accepts.
+type TLSFiles struct {
+	CA   string
+	Cert string
+	Key  string
 }
 
 // Server is a redis-server process owned by a test. Its methods are safe for
@@ -52,13 +65,17 @@ type Options struct {
 // must therefore run on the test goroutine.
 type Server struct {
 	Addr string // "127.0.0.1:port"
-	URL  string // "redis://127.0.0.1:port"
+	URL  string // "redis://127.0.0.1:port", or "rediss://127.0.0.1:port" with TLS
 	Dir  string // working dir (t.TempDir), AOF lives here
+	// TLSFiles is set with Options.TLS: the files a client needs to connect.
+	TLSFiles TLSFiles
 
 	bin     string
 	opts    Options
+	mode    mode
 	port    int
 	logPath string
+	tls     *tls.Config // client config; nil without TLS
 
 	mu     sync.Mutex
 	proc   *process       // nil while not running
@@ -92,6 +109,17 @@ func Binary() (string, error) {
 // calls t.Fatal with a hint on how to install it.
 func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
+	return start(t, opts, mode{})
+}
+
+// mode says what kind of redis-server process a Server runs.
+type mode struct {
+	cluster      bool   // a cluster node, with nodes.conf in Dir
+	sentinelConf string // non-empty: run as a sentinel with this sentinel.conf
+}
+
+func start(t testing.TB, opts Options, m mode) *Server {
+	t.Helper()
 	bin, err := Binary()
 	if err != nil {
 		if env := os.Getenv("REDIS_SERVER"); env != "" {
@@ -100,8 +128,25 @@ func Start(t testing.TB, opts Options) *Server {
 		t.Fatal(notFoundHint)
 	}
 	opts.Args = slices.Clone(opts.Args)
-	s := &Server{bin: bin, opts: opts, Dir: t.TempDir()}
+	s := &Server{bin: bin, opts: opts, mode: m, Dir: t.TempDir()}
 	s.logPath = filepath.Join(s.Dir, "redis.log")
+	if m.sentinelConf != "" {
+		// The sentinel rewrites its config file, so it must be writable.
+		if err := os.WriteFile(s.confPath(), []byte(m.sentinelConf), 0o644); err != nil {
+			t.Fatalf("redistest: write sentinel.conf: %v", err)
+		}
+	}
+	if opts.TLS {
+		files, cfg, err := writeTLSFiles(s.Dir)
+		if err != nil {
+			t.Fatalf("redistest: generate TLS certificates: %v", err)
+		}
+		s.TLSFiles, s.tls = files, cfg
+	}
+	pickPort := freePort
+	if m.cluster {
+		pickPort = freeClusterPort
+	}
 	// Registered after t.TempDir, so it runs before the directory is removed.
 	t.Cleanup(func() {
 		s.mu.Lock()
@@ -116,7 +161,7 @@ func Start(t testing.TB, opts Options) *Server {
 	for attempt := 1; ; attempt++ {
 		// A port found free can be taken by another test process before
 		// redis-server binds it; then pick another one.
-		port, err := freePort()
+		port, err := pickPort()
 		if err == nil {
 			s.setPort(port)
 			err = s.launchLocked()
@@ -125,6 +170,9 @@ func Start(t testing.TB, opts Options) *Server {
 			return s
 		}
 		if attempt == launchAttempts || !retryable(err) {
+			if opts.TLS && noTLSSupport(s.logTail()) {
+				t.Skipf("redistest: this redis-server cannot serve TLS (build it with BUILD_TLS=yes): %v%s", err, s.logTail())
+			}
 			t.Fatalf("redistest: start redis-server: %v%s", err, s.logTail())
 		}
 	}
@@ -227,29 +275,68 @@ func (s *Server) newClient() (rueidis.Client, error) {
 		InitAddress:       []string{s.Addr},
 		DisableCache:      true,
 		ForceSingleClient: true,
+		TLSConfig:         s.tlsConfig(),
 	})
+}
+
+// tlsConfig returns a copy of the client TLS config, nil without TLS.
+func (s *Server) tlsConfig() *tls.Config {
+	if s.tls == nil {
+		return nil
+	}
+	return s.tls.Clone()
 }
 
 func (s *Server) setPort(port int) {
 	s.port = port
 	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	s.URL = "redis://" + s.Addr
+	if s.opts.TLS {
+		s.URL = "rediss://" + s.Addr
+	} else {
+		s.URL = "redis://" + s.Addr
+	}
 }
 
+func (s *Server) confPath() string { return filepath.Join(s.Dir, "sentinel.conf") }
+
 func (s *Server) args() []string {
-	args := []string{
+	var args []string
+	if s.mode.sentinelConf != "" {
+		args = append(args, s.confPath(), "--sentinel")
+	}
+	args = append(args,
 		"--bind", "127.0.0.1",
-		"--port", strconv.Itoa(s.port),
-		"--save", "",
 		"--dir", s.Dir,
 		"--daemonize", "no",
 		"--protected-mode", "yes",
 		"--logfile", s.logPath,
-	}
-	if s.opts.AOF {
-		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
+	)
+	if s.opts.TLS {
+		args = append(args,
+			"--port", "0",
+			"--tls-port", strconv.Itoa(s.port),
+			"--tls-cert-file", filepath.Join(s.Dir, serverCertFile),
+			"--tls-key-file", filepath.Join(s.Dir, serverKeyFile),
+			"--tls-ca-cert-file", s.TLSFiles.CA,
+			"--tls-auth-clients", "yes",
+		)
 	} else {
-		args = append(args, "--appendonly", "no")
+		args = append(args, "--port", strconv.Itoa(s.port))
+	}
+	if s.mode.sentinelConf == "" {
+		args = append(args, "--save", "")
+		if s.opts.AOF {
+			args = append(args, "--appendonly", "yes", "--appendfsync", "always")
+		} else {
+			args = append(args, "--appendonly", "no")
+		}
+	}
+	if s.mode.cluster {
+		args = append(args,
+			"--cluster-enabled", "yes",
+			"--cluster-config-file", filepath.Join(s.Dir, "nodes.conf"),
+			"--cluster-node-timeout", "2000",
+		)
 	}
 	return append(args, s.opts.Args...)
 }
@@ -280,7 +367,7 @@ func (s *Server) launchLocked() error {
 		p.err = cmd.Wait()
 		close(p.done)
 	}()
-	if err := p.waitReady(s.Addr); err != nil {
+	if err := p.waitReady(s.Addr, s.tls); err != nil {
 		exitedAlone := p.exited()
 		if kerr := p.kill(); kerr != nil {
 			return errors.Join(err, kerr)
@@ -357,13 +444,13 @@ func (p *process) exited() bool {
 
 // waitReady polls addr until this process answers PING. It returns early
 // when the process exits; the caller checks p.exited.
-func (p *process) waitReady(addr string) error {
+func (p *process) waitReady(addr string, tc *tls.Config) error {
 	deadline := time.Now().Add(readyTimeout)
 	for {
 		if p.exited() {
 			return errors.New("exited")
 		}
-		err := probe(addr, p.cmd.Process.Pid)
+		err := probe(addr, p.cmd.Process.Pid, tc)
 		if err == nil {
 			return nil
 		}
@@ -379,9 +466,17 @@ func (p *process) waitReady(addr string) error {
 
 // probe sends PING and INFO server over plain RESP and succeeds when the reply
 // is PONG (not LOADING) and comes from the process with the given pid, so a
-// stranger that grabbed the port is never taken for our server.
-func probe(addr string, pid int) error {
-	conn, err := net.DialTimeout("tcp", addr, 500*time.Millisecond)
+// stranger that grabbed the port is never taken for our server. With a TLS
+// config it speaks TLS.
+func probe(addr string, pid int, tc *tls.Config) error {
+	d := &net.Dialer{Timeout: 500 * time.Millisecond}
+	var conn net.Conn
+	var err error
+	if tc != nil {
+		conn, err = tls.DialWithDialer(d, "tcp", addr, tc)
+	} else {
+		conn, err = d.Dial("tcp", addr)
+	}
 	if err != nil {
 		return err
 	}
@@ -424,6 +519,27 @@ func probe(addr string, pid int) error {
 
 func retryable(err error) bool {
 	return errors.Is(err, errPortBusy) || errors.Is(err, errNotOurs)
+}
+
+// freeClusterPort returns a free port whose cluster bus port (port+10000) is
+// free as well.
+func freeClusterPort() (int, error) {
+	for range 100 {
+		port, err := freePort()
+		if err != nil {
+			return 0, err
+		}
+		if port+10000 > 65535 {
+			continue
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+10000)))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return port, nil
+	}
+	return 0, errors.New("no free port with a free cluster bus port (port+10000)")
 }
 
 func freePort() (int, error) {
