@@ -248,26 +248,20 @@ func (r *runner) dispatch(msgs []core.Message) {
 // from new stream entries, in that order. The stream read blocks only until the next retry
 // is due (at most Block), so a retry is never starved by an idle read holding every slot.
 func (r *runner) loop() {
-	var errs errThrottle
 	vt := time.Duration(r.sub.VisibilityTimeout)
 	reclaimEvery := min(max(vt/4, 250*time.Millisecond), 5*time.Second)
 	nextReclaim := time.Now()
-	for {
-		n := r.acquire(r.sub.MaxInFlight, true)
-		if n == 0 {
-			return
-		}
+	r.produce("the stream", func(n int) (int, error) {
 		now := time.Now()
-		got, failed := r.claimDueRetries(n, now, vt)
-		n -= got
-		if n > 0 && !now.Before(nextReclaim) && failed == nil {
+		used, err := r.claimDueRetries(n, now, vt)
+		if err != nil || used == n {
+			return used, err
+		}
+		if !now.Before(nextReclaim) {
 			nextReclaim = now.Add(reclaimEvery)
 			ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
-			rc, err := r.e.b.Reclaim(ctx, r.sub, r.e.consumer, vt, n)
+			rc, err := r.e.b.Reclaim(ctx, r.sub, r.e.consumer, vt, n-used)
 			cancel()
-			if err != nil {
-				failed = err
-			}
 			if len(rc.Lost) > 0 {
 				r.stats.Lost.Add(int64(len(rc.Lost)))
 				r.e.metrics.Lost(r.sub.Name, len(rc.Lost))
@@ -277,39 +271,58 @@ func (r *runner) loop() {
 			if len(rc.Messages) > 0 {
 				r.log.Info("reclaimed messages left pending by another consumer", zap.Int("count", len(rc.Messages)))
 			}
-			n -= len(rc.Messages)
+			used += len(rc.Messages)
 			r.dispatch(rc.Messages)
+			if err != nil || used == n {
+				return used, err
+			}
 		}
-		if n > 0 && failed == nil {
-			block := min(time.Until(time.UnixMilli(r.nextRetry.Load())), r.e.opts.Block)
-			if r.stopping() {
-				block = 0
-			}
-			// Not cancelled by a stop: entries Redis hands out must reach a worker, and the
-			// short block bounds how long a stop waits for this call.
-			ctx, cancel := context.WithTimeout(context.Background(), r.e.opts.Block+settleTimeout)
-			msgs, err := r.e.b.Read(ctx, r.sub, r.e.consumer, n, block)
-			cancel()
-			if errors.Is(err, core.ErrNoGroup) {
-				err = r.recreateGroup()
-			}
-			if err != nil {
-				failed = err
-			}
-			n -= len(msgs)
-			r.dispatch(msgs)
+		// Not cancelled by a stop: entries Redis hands out must reach a worker, and the
+		// short block bounds how long a stop waits for this call.
+		ctx, cancel := context.WithTimeout(context.Background(), r.e.opts.Block+settleTimeout)
+		msgs, err := r.e.b.Read(ctx, r.sub, r.e.consumer, n-used, r.readBlock(true))
+		cancel()
+		if errors.Is(err, core.ErrNoGroup) {
+			err = r.recreateGroup()
 		}
-		r.release(n)
-		if failed != nil {
+		r.dispatch(msgs)
+		return used + len(msgs), err
+	})
+}
+
+// produce runs the producer rounds of a runner until it stops. Each round takes the free
+// slots, fills what it can and gives the rest back; after a failed round it waits a second.
+func (r *runner) produce(what string, round func(n int) (used int, err error)) {
+	var errs errThrottle
+	for {
+		n := r.acquire(r.sub.MaxInFlight, true)
+		if n == 0 {
+			return
+		}
+		used, err := round(n)
+		r.release(n - used)
+		if err != nil {
 			if r.stopping() {
 				return
 			}
-			errs.log(r.log, "reading from redis failed; retrying", failed)
+			errs.log(r.log, "reading "+what+" failed; retrying", err)
 			r.sleep(time.Second)
 			continue
 		}
-		errs.ok(r.log, "reading from redis again")
+		errs.ok(r.log, "reading "+what+" again")
 	}
+}
+
+// readBlock is how long a read may wait for new messages: until the next retry is due when
+// the subscription has a retry set, at most Block, and not at all once stopping.
+func (r *runner) readBlock(retries bool) time.Duration {
+	if r.stopping() {
+		return 0
+	}
+	if !retries {
+		return r.e.opts.Block
+	}
+	return min(time.Until(time.UnixMilli(r.nextRetry.Load())), r.e.opts.Block)
 }
 
 // recreateGroup answers a missing consumer group. If the subscription still exists the

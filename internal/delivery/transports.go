@@ -36,55 +36,33 @@ func (r *runner) listLoop() {
 	}
 	recoverEvery := min(max(vt/4, 250*time.Millisecond), 5*time.Second)
 	nextRecover := time.Now()
-	var errs errThrottle
-	for {
-		n := r.acquire(r.sub.MaxInFlight, true)
-		if n == 0 {
-			return
-		}
+	r.produce("the list", func(n int) (int, error) {
 		now := time.Now()
-		var failed error
+		used := 0
 		if reliable {
-			var got int
-			got, failed = r.claimDueRetries(n, now, vt)
-			n -= got
-			if failed == nil && !now.Before(nextRecover) {
+			var err error
+			if used, err = r.claimDueRetries(n, now, vt); err != nil || used == n {
+				return used, err
+			}
+			if !now.Before(nextRecover) {
 				nextRecover = now.Add(recoverEvery)
 				ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
 				back, err := r.e.b.RecoverList(ctx, r.sub, vt)
 				cancel()
-				failed = err
 				if back > 0 {
 					r.log.Info("returned a dead consumer's processing list to the queue", zap.Int("count", back))
 				}
+				if err != nil {
+					return used, err
+				}
 			}
 		}
-		if n > 0 && failed == nil {
-			block := min(time.Until(time.UnixMilli(r.nextRetry.Load())), r.e.opts.Block)
-			if !reliable {
-				block = r.e.opts.Block
-			}
-			if r.stopping() {
-				block = 0
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), r.e.opts.Block+settleTimeout)
-			msgs, err := r.e.b.PopList(ctx, r.sub, r.consumer, n, block)
-			cancel()
-			failed = err
-			n -= len(msgs)
-			r.dispatch(msgs)
-		}
-		r.release(n)
-		if failed != nil {
-			if r.stopping() {
-				return
-			}
-			errs.log(r.log, "reading the list failed; retrying", failed)
-			r.sleep(time.Second)
-			continue
-		}
-		errs.ok(r.log, "reading the list again")
-	}
+		ctx, cancel := context.WithTimeout(context.Background(), r.e.opts.Block+settleTimeout)
+		msgs, err := r.e.b.PopList(ctx, r.sub, r.consumer, n-used, r.readBlock(reliable))
+		cancel()
+		r.dispatch(msgs)
+		return used + len(msgs), err
+	})
 }
 
 func (r *runner) beat() {
