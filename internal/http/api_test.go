@@ -13,6 +13,7 @@ import (
 	"github.com/bridge-dev/bridge/api"
 	"github.com/bridge-dev/bridge/internal/broker"
 	httpapi "github.com/bridge-dev/bridge/internal/http"
+	"github.com/bridge-dev/bridge/internal/metrics"
 	"github.com/bridge-dev/bridge/internal/netguard"
 	"github.com/bridge-dev/bridge/internal/redistest"
 	"github.com/bridge-dev/bridge/internal/registry"
@@ -32,7 +33,7 @@ func newAPI(t *testing.T, rs *redistest.Server) http.Handler {
 	allow, _ := netguard.ParseCIDRs("127.0.0.1/32")
 	b := broker.New(rs.Client(t))
 	return httpapi.NewHandler(b, registry.New(b, netguard.New(allow)), idleEngine{}, httpapi.Options{
-		MaxBody: 1024, OpenAPI: api.OpenAPI,
+		MaxBody: 1024, OpenAPI: api.OpenAPI, MetricsHandler: metrics.New().Handler(),
 	})
 }
 
@@ -125,6 +126,9 @@ func (c call) do(t *testing.T, srv *httptest.Server, router routers.Router) []by
 		t.Fatalf("%s: want code %s, got %s", c.name, c.code, raw)
 	}
 	if !strings.Contains(resp.Header.Get("Content-Type"), "json") && resp.StatusCode != 204 {
+		if c.path == "/metrics" {
+			return raw
+		}
 		return raw // the YAML document itself
 	}
 	// The answer must match the documented response for that operation.
@@ -251,9 +255,17 @@ func TestSuccessfulResponsesMatchDocument(t *testing.T) {
 		{name: "healthz", method: "GET", path: "/healthz", status: 200},
 		{name: "readyz", method: "GET", path: "/readyz", status: 200},
 		{name: "openapi", method: "GET", path: "/openapi.yaml", status: 200},
+		{name: "metrics", method: "GET", path: "/metrics", status: 200},
 		{name: "create", method: "PUT", path: "/v1/subscriptions/s1", body: `{"subject":"orders","url":"http://127.0.0.1:9/","headers":{"Authorization":"Bearer fn"}}`, status: 201},
 		{name: "replace", method: "PUT", path: "/v1/subscriptions/s1", body: `{"subject":"orders","url":"http://127.0.0.1:9/x","timeout":5}`, status: 200},
 		{name: "publish", method: "POST", path: "/v1/subjects/orders/messages", body: "hi", header: map[string]string{"Content-Type": "text/plain"}, status: 202},
+		{name: "create list", method: "PUT", path: "/v1/subscriptions/l1", body: `{"subject":"jobs","url":"http://127.0.0.1:9/","transport":"list","list_mode":"simple"}`, status: 201},
+		{name: "create pubsub", method: "PUT", path: "/v1/subscriptions/p1", body: `{"subject":"ev.*","url":"http://127.0.0.1:9/","transport":"pubsub","pattern":true}`, status: 201},
+		{name: "get list", method: "GET", path: "/v1/subscriptions/l1", status: 200},
+		{name: "get pubsub", method: "GET", path: "/v1/subscriptions/p1", status: 200},
+		{name: "publish list", method: "POST", path: "/v1/subjects/jobs/messages?transport=list", body: "hi", status: 202},
+		{name: "publish pubsub", method: "POST", path: "/v1/subjects/ev.a/messages?transport=pubsub", body: "hi", status: 202},
+		{name: "publish sharded", method: "POST", path: "/v1/subjects/ev.b/messages?transport=pubsub&mode=sharded", body: "hi", status: 202},
 		{name: "list", method: "GET", path: "/v1/subscriptions", status: 200},
 		{name: "get", method: "GET", path: "/v1/subscriptions/s1", status: 200},
 		{name: "pause", method: "POST", path: "/v1/subscriptions/s1/pause", status: 200},
@@ -272,6 +284,8 @@ func TestSuccessfulResponsesMatchDocument(t *testing.T) {
 		{name: "replay all", method: "POST", path: "/v1/subscriptions/s1/dead-letters/replay", status: 200},
 		{name: "replay some", method: "POST", path: "/v1/subscriptions/s1/dead-letters/replay", body: `{"ids":["orders:1-0"]}`, status: 200},
 		{name: "delete", method: "DELETE", path: "/v1/subscriptions/s1", status: 204},
+		{name: "delete list", method: "DELETE", path: "/v1/subscriptions/l1", status: 204},
+		{name: "delete pubsub", method: "DELETE", path: "/v1/subscriptions/p1", status: 204},
 	} {
 		raw := c.do(t, srv, router)
 		if c.name == "list" || c.name == "get" || c.name == "pause" {
