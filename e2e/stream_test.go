@@ -40,7 +40,8 @@ func TestPublishDeliversEachOnceSigned(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := w; i < n; i += 10 {
-				code, id := br.publish(subject, []byte(fmt.Sprintf("message %d", i)), "Bridge-Forward-X-Tenant", "acme", "Bridge-Partition-Key", "p1")
+				code, id := br.publish(subject, []byte(fmt.Sprintf("message %d", i)), "Bridge-Forward-X-Tenant", "acme", "Bridge-Partition-Key", "p1",
+					"traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
 				if code != http.StatusAccepted || id == "" || strings.Contains(id, ".") {
 					t.Errorf("publish %d: %d %q", i, code, id)
 					return
@@ -67,7 +68,8 @@ func TestPublishDeliversEachOnceSigned(t *testing.T) {
 		}
 		if p.Count != 1 || p.Header.Get("Content-Type") != "text/plain" || p.Header.Get("X-Tenant") != "acme" ||
 			p.Header.Get("Redis-Partition-Key") != "p1" || p.Header.Get("Bridge-Subject") != subject ||
-			p.Header.Get("Bridge-Subscription") != "once" {
+			p.Header.Get("Bridge-Subscription") != "once" ||
+			p.Header.Get("Traceparent") != "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" {
 			t.Fatalf("push headers wrong: %v", p.Header)
 		}
 	}
