@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -297,4 +299,99 @@ func TestDeleteStopsDelivery(t *testing.T) {
 	if len(rc.byID(id)) != 1 {
 		t.Fatal("the new subscription did not start at new")
 	}
+}
+
+// ordered: per partition key, message n+1 is not pushed before message n is acked or
+// dead-lettered, through retries and while the delivering process is kill -9'd and another
+// takes over. Messages of different keys still go concurrently.
+func TestOrderedPerPartitionKey(t *testing.T) {
+	t.Parallel()
+	rs := redistest.Start(t, redistest.Options{})
+	a := startBridge(t, redisURL(rs))
+	b := startBridge(t, redisURL(rs))
+	var mu sync.Mutex
+	inFlight := map[string]bool{}
+	violations := 0
+	rc := newReceiver(t, func(w http.ResponseWriter, p push, nth int) {
+		key := p.Header.Get("Redis-Partition-Key")
+		mu.Lock()
+		if inFlight[key] {
+			violations++ // two messages of one key in flight at once
+		}
+		inFlight[key] = true
+		mu.Unlock()
+		time.Sleep(time.Duration(rand.IntN(4)) * time.Millisecond)
+		mu.Lock()
+		inFlight[key] = false
+		mu.Unlock()
+		var seq int
+		fmt.Sscanf(string(p.Body), "%d", &seq)
+		if nth == 0 && seq%7 == 3 {
+			w.WriteHeader(503) // some messages need a retry, which must hold their key
+			return
+		}
+		w.WriteHeader(204)
+	})
+	subject := uniq("ordered")
+	a.subscribe("ord", fastSub(rc.URL, subject, map[string]any{
+		"ordered": true, "max_in_flight": 16, "timeout": "1s", "visibility_timeout": "2s",
+		"retry": map[string]any{"min_backoff": "50ms", "max_backoff": "100ms"},
+	}))
+	const keys, per = 5, 60
+	killed := false
+	for i := range per {
+		for k := range keys {
+			// Straight into Redis (ruststream-fred layout), so publishing does not depend on
+			// the process about to be killed.
+			if err := rs.Do(t, "XADD", subject, "*", "_payload", fmt.Sprint(i), "h:redis-partition-key", fmt.Sprint("k", k)).Error(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if i == per/2 {
+			// Kill whichever process holds the lease, mid-delivery; the other takes over.
+			redistest.Eventually(t, 10*time.Second, func() bool { return rc.count() > 20 }, "ordered delivery did not start")
+			holder, _ := rs.Do(t, "GET", "bridge:{"+subject+"}:leader:ord").ToString()
+			switch {
+			case strings.HasPrefix(holder, consumerPrefixOf(t, a)):
+				a.kill()
+				killed = true
+			case strings.HasPrefix(holder, consumerPrefixOf(t, b)):
+				b.kill()
+				killed = true
+			}
+		}
+	}
+	if !killed {
+		t.Fatal("no process held the lease")
+	}
+	redistest.Eventually(t, 60*time.Second, func() bool { return rc.distinct() == keys*per }, "%d of %d pushed", rc.distinct(), keys*per)
+	// First pushes per key come in publish order.
+	next := map[string]int{}
+	seen := map[string]bool{}
+	for _, p := range rc.all() {
+		if seen[p.ID] {
+			continue
+		}
+		seen[p.ID] = true
+		key := p.Header.Get("Redis-Partition-Key")
+		var seq int
+		fmt.Sscanf(string(p.Body), "%d", &seq)
+		if seq != next[key] {
+			t.Fatalf("key %s: message %d pushed first when %d was due", key, seq, next[key])
+		}
+		next[key]++
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("ordered: %d messages over %d keys, %d pushes, %d concurrent pushes of one key", keys*per, keys, rc.count(), violations)
+	if violations > 2 { // a takeover may overlap one push per key at most once
+		t.Fatalf("%d times two messages of one key were in flight together", violations)
+	}
+}
+
+// consumerPrefixOf is the consumer name prefix (host-pid-) of a bridge process.
+func consumerPrefixOf(t *testing.T, b *bridge) string {
+	t.Helper()
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s-%d-", host, b.cmd.Process.Pid)
 }

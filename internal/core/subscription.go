@@ -229,8 +229,8 @@ func (in *SubscriptionInput) Build(name string) (*Subscription, error) {
 	} else if !ValidSubject(s.Subject) {
 		return nil, &FieldError{"subject", "must match ^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"}
 	}
-	if s.Ordered {
-		return nil, &FieldError{"ordered", "ordered delivery is not supported by this version"}
+	if s.Ordered && s.Transport != "stream" {
+		return nil, &FieldError{"ordered", "ordered delivery needs the stream transport"}
 	}
 	if in.MaxDeliveries != nil {
 		s.MaxDeliveries = *in.MaxDeliveries

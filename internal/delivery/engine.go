@@ -45,6 +45,11 @@ type Broker interface {
 	RecoverList(ctx context.Context, s *core.Subscription, staleAfter time.Duration) (int, error)
 	ReleaseList(ctx context.Context, s *core.Subscription, consumer string) error
 
+	HoldLease(ctx context.Context, s *core.Subscription, holder string, ttl time.Duration) (bool, error)
+	ReleaseLease(ctx context.Context, s *core.Subscription, holder string) error
+	RetryingKeys(ctx context.Context, s *core.Subscription) ([]string, error)
+	ReclaimOthers(ctx context.Context, s *core.Subscription, consumer string, minIdle time.Duration, limit int) (core.Reclaimed, error)
+
 	SubscribePubSub(ctx context.Context, s *core.Subscription, onSubscribed func(), fn func(core.Message)) error
 	ClaimPubSub(ctx context.Context, s *core.Subscription, id string) (bool, error)
 }

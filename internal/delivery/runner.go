@@ -103,6 +103,12 @@ type runner struct {
 	stats       *Stats
 	log         *zap.Logger
 
+	// gate keeps an ordered subscription's partition keys in order (nil when not ordered);
+	// leading says whether this runner holds the subscription's delivery lease.
+	gate     *orderGate
+	leading  atomic.Bool
+	takeover atomic.Bool
+
 	// nextRetry is when the retry set should be looked at next (unix ms).
 	nextRetry atomic.Int64
 
@@ -136,6 +142,9 @@ func newRunner(e *Engine, s *core.Subscription, st *Stats) (*runner, error) {
 	}
 	r.signer.Store(signer)
 	r.consumer = fmt.Sprintf("%s-%d", e.consumer, e.generation.Add(1))
+	if s.Ordered {
+		r.gate = newOrderGate()
+	}
 	if s.PreviousSecretUntil != nil && now.Before(*s.PreviousSecretUntil) {
 		r.signerUntil = *s.PreviousSecretUntil
 	}
@@ -177,6 +186,9 @@ func (r *runner) start() {
 		workers.Wait()
 		close(r.acks)
 		<-ackDone
+		if r.gate != nil {
+			r.releaseLease()
+		}
 		if r.sub.Transport == "list" && r.sub.ListMode != "simple" {
 			// Whatever a cut push left in this runner's processing list goes back to the
 			// queue now rather than after the visibility timeout.
@@ -251,16 +263,44 @@ func (r *runner) loop() {
 	vt := time.Duration(r.sub.VisibilityTimeout)
 	reclaimEvery := min(max(vt/4, 250*time.Millisecond), 5*time.Second)
 	nextReclaim := time.Now()
+	if r.gate != nil {
+		done := make(chan struct{})
+		defer close(done)
+		go r.lead(done)
+	}
+	// An ordered subscription holds back later messages of a busy key; past this many it
+	// stops reading until keys drain.
+	maxBacklog := 8 * r.sub.MaxInFlight
 	r.produce("the stream", func(n int) (int, error) {
+		if r.gate != nil && !r.leading.Load() {
+			r.sleep(200 * time.Millisecond) // another process delivers it; wait to take over
+			return 0, nil
+		}
 		now := time.Now()
 		used, err := r.claimDueRetries(n, now, vt)
 		if err != nil || used == n {
 			return used, err
 		}
+		if r.takeover.Load() {
+			// Just became the holder: take every entry other runners left pending first,
+			// oldest first, before reading anything new.
+			want := n - used
+			ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+			rc, err := r.e.b.ReclaimOthers(ctx, r.sub, r.consumer, 0, want)
+			cancel()
+			if err == nil && len(rc.Messages)+len(rc.Lost) < want {
+				r.takeover.Store(false) // nothing more left behind
+			}
+			return used + r.send(rc.Messages), err
+		}
 		if !now.Before(nextReclaim) {
 			nextReclaim = now.Add(reclaimEvery)
 			ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
-			rc, err := r.e.b.Reclaim(ctx, r.sub, r.e.consumer, vt, n-used)
+			reclaim := r.e.b.Reclaim
+			if r.gate != nil {
+				reclaim = r.e.b.ReclaimOthers
+			}
+			rc, err := reclaim(ctx, r.sub, r.readConsumer(), vt, n-used)
 			cancel()
 			if len(rc.Lost) > 0 {
 				r.stats.Lost.Add(int64(len(rc.Lost)))
@@ -271,23 +311,35 @@ func (r *runner) loop() {
 			if len(rc.Messages) > 0 {
 				r.log.Info("reclaimed messages left pending by another consumer", zap.Int("count", len(rc.Messages)))
 			}
-			used += len(rc.Messages)
-			r.dispatch(rc.Messages)
+			used += r.send(rc.Messages)
 			if err != nil || used == n {
 				return used, err
 			}
 		}
+		if r.gate != nil && r.gate.backlog() >= maxBacklog {
+			r.sleep(20 * time.Millisecond)
+			return used, nil
+		}
 		// Not cancelled by a stop: entries Redis hands out must reach a worker, and the
 		// short block bounds how long a stop waits for this call.
 		ctx, cancel := context.WithTimeout(context.Background(), r.e.opts.Block+settleTimeout)
-		msgs, err := r.e.b.Read(ctx, r.sub, r.e.consumer, n-used, r.readBlock(true))
+		msgs, err := r.e.b.Read(ctx, r.sub, r.readConsumer(), n-used, r.readBlock(true))
 		cancel()
 		if errors.Is(err, core.ErrNoGroup) {
 			err = r.recreateGroup()
 		}
-		r.dispatch(msgs)
-		return used + len(msgs), err
+		return used + r.send(msgs), err
 	})
+}
+
+// readConsumer names this runner in the consumer group: the process's name, or for an
+// ordered subscription the runner's own, so that its deliberately waiting entries are told
+// apart from those of a runner that is gone.
+func (r *runner) readConsumer() string {
+	if r.gate != nil {
+		return r.consumer
+	}
+	return r.e.consumer
 }
 
 // produce runs the producer rounds of a runner until it stops. Each round takes the free
@@ -361,28 +413,44 @@ func (r *runner) noteRetry(due time.Time) {
 func (r *runner) work() {
 	for m := range r.jobs {
 		r.stats.InFlight.Add(1)
-		r.handle(&m)
+		for cur, more := m, true; more; {
+			res := r.handle(&cur)
+			more = false
+			if r.gate != nil {
+				// The next message of the same key goes on this worker and slot.
+				cur, more = r.gate.done(&cur, res)
+			}
+		}
 		r.stats.InFlight.Add(-1)
 		r.release(1)
 	}
 }
 
-func (r *runner) handle(m *core.Message) {
+// send dispatches msgs, each holding a slot the caller took, and returns how many slots
+// are now in use: an ordered subscription queues later messages of a busy key instead.
+func (r *runner) send(msgs []core.Message) int {
+	if r.gate != nil && len(msgs) > 0 {
+		msgs = r.gate.admit(msgs)
+	}
+	r.dispatch(msgs)
+	return len(msgs)
+}
+
+func (r *runner) handle(m *core.Message) result {
 	log := r.log
 	if m.Deliveries > r.sub.MaxDeliveries {
 		// Reclaimed after its consumer died mid-push as often as it may be delivered: a
 		// poison message must not crash-loop the fleet.
-		r.deadLetter(m, core.ReasonMaxDeliveries, 0, "delivery count exceeded max_deliveries before a push could complete")
-		return
+		return r.deadLetter(m, core.ReasonMaxDeliveries, 0, "delivery count exceeded max_deliveries before a push could complete")
 	}
 	if r.limiter != nil {
 		if err := r.limiter.Wait(r.e.abortCtx); err != nil {
-			return // shutdown past grace: leave it for reclaim
+			return unsettled // shutdown past grace: leave it for reclaim
 		}
 	}
 	res, aborted := r.push(r.e.abortCtx, m)
 	if aborted {
-		return
+		return unsettled
 	}
 	outcome := Verdict(res.status)
 	r.stats.record(res.status, res.errText)
@@ -393,15 +461,14 @@ func (r *runner) handle(m *core.Message) {
 	}
 	if m.Origin == core.Unsettled && outcome != Ack {
 		r.settleAtMostOnce(m, outcome, res)
-		return
+		return settled
 	}
 	switch outcome {
 	case Ack:
-		r.ack(m)
+		return r.ack(m)
 	case Requeue:
 		if m.Deliveries >= r.sub.MaxDeliveries {
-			r.deadLetter(m, core.ReasonMaxDeliveries, res.status, res.errText)
-			return
+			return r.deadLetter(m, core.ReasonMaxDeliveries, res.status, res.errText)
 		}
 		due := time.Now().Add(retryDelay(r.sub, m.Deliveries, res.retryAfter, time.Now()))
 		ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
@@ -410,16 +477,17 @@ func (r *runner) handle(m *core.Message) {
 		if err != nil {
 			log.Warn("could not schedule retry; the message stays pending and will be reclaimed",
 				zap.String("message_id", m.ID), zap.Error(err))
-			return
+			return unsettled
 		}
 		r.stats.Retried.Add(1)
 		r.noteRetry(due)
-	case Drop, Gone:
-		r.deadLetter(m, core.ReasonDropped, res.status, res.errText)
-		if outcome == Gone {
-			r.pauseGone()
-		}
+		return requeued
 	}
+	// Drop, Gone
+	if outcome == Gone {
+		defer r.pauseGone()
+	}
+	return r.deadLetter(m, core.ReasonDropped, res.status, res.errText)
 }
 
 func (r *runner) pauseGone() {
@@ -451,46 +519,51 @@ func (r *runner) settleAtMostOnce(m *core.Message, outcome Outcome, res pushResu
 	if outcome == Requeue {
 		reason = core.ReasonMaxDeliveries
 	}
-	r.deadLetter(m, reason, res.status, res.errText)
+	_ = r.deadLetter(m, reason, res.status, res.errText)
 }
 
-func (r *runner) ack(m *core.Message) {
+func (r *runner) ack(m *core.Message) result {
 	r.stats.Delivered.Add(1)
 	switch m.Origin {
 	case core.FromStream:
+		// Batched; a lost ack means a duplicate later, and the key's order is kept.
 		r.acks <- m.EntryID
-		return
+		return settled
 	case core.Unsettled:
-		return
+		return settled
 	case core.FromList:
 		ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
 		defer cancel()
 		if err := r.e.b.AckList(ctx, r.sub, m); err != nil {
 			r.log.Warn("could not ack list message; it will be delivered again after recovery",
 				zap.String("message_id", m.ID), zap.Error(err))
+			return unsettled
 		}
-		return
+		return settled
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
 	defer cancel()
 	if err := r.e.b.AckRetries(ctx, r.sub, m.ID); err != nil {
 		r.log.Warn("could not ack retried message; it will be delivered again after the visibility timeout",
 			zap.String("message_id", m.ID), zap.Error(err))
+		return unsettled
 	}
+	return settled
 }
 
-func (r *runner) deadLetter(m *core.Message, reason string, status int, errText string) {
+func (r *runner) deadLetter(m *core.Message, reason string, status int, errText string) result {
 	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
 	defer cancel()
 	err := r.e.b.DeadLetter(ctx, r.sub, m, core.DeadLetterInfo{Reason: reason, LastStatus: status, LastError: errText, At: time.Now()})
 	if err != nil {
 		r.log.Warn("could not dead-letter; the message stays pending and will be reclaimed",
 			zap.String("message_id", m.ID), zap.Error(err))
-		return
+		return unsettled
 	}
 	r.stats.DeadLettered.Add(1)
 	r.log.Info("dead-lettered", zap.String("message_id", m.ID), zap.String("reason", reason),
 		zap.Int("status", status), zap.Int("deliveries", m.Deliveries))
+	return settled
 }
 
 // ackLoop batches stream acknowledgements: whatever workers settled while the previous

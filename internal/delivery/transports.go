@@ -90,8 +90,7 @@ func (r *runner) claimDueRetries(n int, now time.Time, lease time.Duration) (int
 		next = now // more may be due
 	}
 	r.nextRetry.Store(next.UnixMilli())
-	r.dispatch(msgs)
-	return len(msgs), err
+	return r.send(msgs), err
 }
 
 // pubsubLoop keeps the subscription's channel subscribed (resubscribing after a lost
