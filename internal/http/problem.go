@@ -23,7 +23,6 @@ var problems = map[string]problemKind{
 	"invalid_header":        {http.StatusBadRequest, "Invalid header"},
 	"invalid_query":         {http.StatusBadRequest, "Invalid query parameter"},
 	"unsupported_transport": {http.StatusBadRequest, "Unsupported transport"},
-	"not_implemented":       {http.StatusBadRequest, "Not implemented"},
 	"unauthorized":          {http.StatusUnauthorized, "Unauthorized"},
 	"forbidden":             {http.StatusForbidden, "Forbidden"},
 	"not_found":             {http.StatusNotFound, "Not found"},
