@@ -6,9 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/bridge-dev/bridge/internal/yamlfile"
 	"io"
 	"os"
-	"strings"
 	"unicode"
 	"unicode/utf8"
 
@@ -23,41 +23,9 @@ const (
 	MaxTokens = 10000
 )
 
-// TokenError is an error about one token of the tokens file. Index counts from 0 in file
-// order; Name is empty when the token has no valid name yet; Line is the token's line in
-// the file; Field is the offending field, empty when the error is about the entry as a
-// whole. It never holds the value of token_sha256, in case someone put the token itself
-// there by mistake.
-type TokenError struct {
-	Index int
-	Name  string
-	Line  int
-	Field string
-	Err   error
-}
-
-func (e *TokenError) Error() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "tokens[%d]", e.Index)
-	var where []string
-	if e.Name != "" {
-		where = append(where, fmt.Sprintf("name %q", e.Name))
-	}
-	if e.Line > 0 {
-		where = append(where, fmt.Sprintf("line %d", e.Line))
-	}
-	if len(where) > 0 {
-		b.WriteString(" (" + strings.Join(where, ", ") + ")")
-	}
-	if e.Field != "" {
-		fmt.Fprintf(&b, ": field %q", e.Field)
-	}
-	b.WriteString(": ")
-	b.WriteString(e.Err.Error())
-	return b.String()
-}
-
-func (e *TokenError) Unwrap() error { return e.Err }
+// TokenError is an error about one token of the tokens file (List "tokens"). It never
+// holds the value of token_sha256, in case someone put the token itself there by mistake.
+type TokenError = yamlfile.EntryError
 
 // Load reads and parses the tokens file at path. Errors name the path.
 func Load(path string) (*Set, error) {
@@ -108,14 +76,14 @@ func Parse(data []byte) (*Set, error) {
 		}
 		return nil, fmt.Errorf("line %d: only one YAML document is allowed", extra.Line)
 	}
-	root := resolve(&doc)
+	root := yamlfile.Resolve(&doc)
 	if root.Kind == yaml.DocumentNode {
 		if len(root.Content) == 0 {
 			return &Set{}, nil
 		}
-		root = resolve(root.Content[0])
+		root = yamlfile.Resolve(root.Content[0])
 	}
-	if isNull(root) {
+	if yamlfile.IsNull(root) {
 		return &Set{}, nil
 	}
 	if root.Kind != yaml.MappingNode {
@@ -130,9 +98,9 @@ func Parse(data []byte) (*Set, error) {
 		if list != nil {
 			return nil, fmt.Errorf("line %d: key \"tokens\" appears twice", k.Line)
 		}
-		list = resolve(v)
+		list = yamlfile.Resolve(v)
 	}
-	if list == nil || isNull(list) {
+	if list == nil || yamlfile.IsNull(list) {
 		return &Set{}, nil
 	}
 	if list.Kind != yaml.SequenceNode {
@@ -150,16 +118,16 @@ func Parse(data []byte) (*Set, error) {
 	// Authenticate must avoid secret-dependent lookups.
 	digests := make(map[[sha256.Size]byte]int, len(list.Content))
 	for i, n := range list.Content {
-		d, p, err := parseToken(i, resolve(n))
+		d, p, err := parseToken(i, yamlfile.Resolve(n))
 		if err != nil {
 			return nil, err
 		}
 		if first, dup := names[p.Name]; dup {
-			return nil, &TokenError{Index: i, Name: p.Name, Line: n.Line, Field: "name",
+			return nil, &TokenError{List: "tokens", Index: i, Name: p.Name, Line: n.Line, Field: "name",
 				Err: fmt.Errorf("duplicate name, already used by tokens[%d]", first)}
 		}
 		if first, dup := digests[d]; dup {
-			return nil, &TokenError{Index: i, Name: p.Name, Line: n.Line, Field: "token_sha256",
+			return nil, &TokenError{List: "tokens", Index: i, Name: p.Name, Line: n.Line, Field: "token_sha256",
 				Err: fmt.Errorf("same token as tokens[%d] (name %q)", first, s.principals[first].Name)}
 		}
 		names[p.Name] = i
@@ -174,7 +142,7 @@ func parseToken(i int, n *yaml.Node) ([sha256.Size]byte, *Principal, error) {
 	var d [sha256.Size]byte
 	p := &Principal{}
 	fail := func(field string, err error) ([sha256.Size]byte, *Principal, error) {
-		return d, nil, &TokenError{Index: i, Name: p.Name, Line: n.Line, Field: field, Err: err}
+		return d, nil, &TokenError{List: "tokens", Index: i, Name: p.Name, Line: n.Line, Field: field, Err: err}
 	}
 	if n.Kind != yaml.MappingNode {
 		return fail("", errors.New("must be a mapping with name, token_sha256 and scopes"))
@@ -187,7 +155,7 @@ func parseToken(i int, n *yaml.Node) ([sha256.Size]byte, *Principal, error) {
 	var badField string
 	var badErr error
 	for j := 0; j+1 < len(n.Content); j += 2 {
-		k, v := n.Content[j], resolve(n.Content[j+1])
+		k, v := n.Content[j], yamlfile.Resolve(n.Content[j+1])
 		var dst **yaml.Node
 		switch {
 		case k.Kind != yaml.ScalarNode:
@@ -210,7 +178,7 @@ func parseToken(i int, n *yaml.Node) ([sha256.Size]byte, *Principal, error) {
 		}
 	}
 
-	if name == nil || isNull(name) {
+	if name == nil || yamlfile.IsNull(name) {
 		return fail("name", errors.New("required"))
 	}
 	if name.Kind != yaml.ScalarNode {
@@ -224,7 +192,7 @@ func parseToken(i int, n *yaml.Node) ([sha256.Size]byte, *Principal, error) {
 		return fail(badField, badErr)
 	}
 
-	if sum == nil || isNull(sum) {
+	if sum == nil || yamlfile.IsNull(sum) {
 		return fail("token_sha256", errors.New("required"))
 	}
 	// The raw scalar text is used whatever tag YAML resolved, so a digest made only of
@@ -237,7 +205,7 @@ func parseToken(i int, n *yaml.Node) ([sha256.Size]byte, *Principal, error) {
 		return fail("token_sha256", fmt.Errorf("must be %d hex digits (the SHA-256 of the token, not the token itself)", 2*sha256.Size))
 	}
 
-	if scopes == nil || isNull(scopes) {
+	if scopes == nil || yamlfile.IsNull(scopes) {
 		return fail("scopes", errors.New("required"))
 	}
 	if scopes.Kind != yaml.SequenceNode {
@@ -249,8 +217,8 @@ func parseToken(i int, n *yaml.Node) ([sha256.Size]byte, *Principal, error) {
 		return fail("scopes", errors.New("must not be empty (give at least one scope)"))
 	}
 	for _, sc := range scopes.Content {
-		sc = resolve(sc)
-		if sc.Kind != yaml.ScalarNode || isNull(sc) {
+		sc = yamlfile.Resolve(sc)
+		if sc.Kind != yaml.ScalarNode || yamlfile.IsNull(sc) {
 			return fail("scopes", fmt.Errorf("line %d: each scope must be a string", sc.Line))
 		}
 		if !p.parseScope(sc.Value) {
@@ -278,15 +246,4 @@ func checkName(s string) error {
 		}
 	}
 	return nil
-}
-
-func resolve(n *yaml.Node) *yaml.Node {
-	for n.Kind == yaml.AliasNode && n.Alias != nil {
-		n = n.Alias
-	}
-	return n
-}
-
-func isNull(n *yaml.Node) bool {
-	return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
 }

@@ -31,6 +31,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/bridge-dev/bridge/internal/yamlfile"
 	"io"
 	"os"
 	"reflect"
@@ -63,40 +64,8 @@ type Applier interface {
 	ApplySubscription(ctx context.Context, name string, in core.SubscriptionInput) (changed bool, err error)
 }
 
-// EntryError is an error about one entry of the file. Index counts from 0 in file order;
-// Name is empty when the entry has no valid name yet; Line is the entry's line in the file
-// (0 when unknown); Field is the offending field as a dotted path ("retry.min_backoff"),
-// empty when the error is about the entry as a whole.
-type EntryError struct {
-	Index int
-	Name  string
-	Line  int
-	Field string
-	Err   error
-}
-
-func (e *EntryError) Error() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "subscriptions[%d]", e.Index)
-	var where []string
-	if e.Name != "" {
-		where = append(where, fmt.Sprintf("name %q", e.Name))
-	}
-	if e.Line > 0 {
-		where = append(where, fmt.Sprintf("line %d", e.Line))
-	}
-	if len(where) > 0 {
-		b.WriteString(" (" + strings.Join(where, ", ") + ")")
-	}
-	if e.Field != "" {
-		fmt.Fprintf(&b, ": field %q", e.Field)
-	}
-	b.WriteString(": ")
-	b.WriteString(e.Err.Error())
-	return b.String()
-}
-
-func (e *EntryError) Unwrap() error { return e.Err }
+// EntryError is an error about one entry of the file (List "subscriptions").
+type EntryError = yamlfile.EntryError
 
 // Load reads and parses the file at path. Errors name the path.
 func Load(path string) ([]Entry, error) {
@@ -139,14 +108,14 @@ func Parse(data []byte) ([]Entry, error) {
 		}
 		return nil, fmt.Errorf("line %d: only one YAML document is allowed", extra.Line)
 	}
-	root := resolve(&doc)
+	root := yamlfile.Resolve(&doc)
 	if root.Kind == yaml.DocumentNode {
 		if len(root.Content) == 0 {
 			return nil, nil
 		}
-		root = resolve(root.Content[0])
+		root = yamlfile.Resolve(root.Content[0])
 	}
-	if isNull(root) {
+	if yamlfile.IsNull(root) {
 		return nil, nil
 	}
 	if root.Kind != yaml.MappingNode {
@@ -161,9 +130,9 @@ func Parse(data []byte) ([]Entry, error) {
 		if list != nil {
 			return nil, fmt.Errorf("line %d: key \"subscriptions\" appears twice", k.Line)
 		}
-		list = resolve(v)
+		list = yamlfile.Resolve(v)
 	}
-	if list == nil || isNull(list) {
+	if list == nil || yamlfile.IsNull(list) {
 		return nil, nil
 	}
 	if list.Kind != yaml.SequenceNode {
@@ -180,7 +149,7 @@ func Parse(data []byte) ([]Entry, error) {
 			return nil, err
 		}
 		if first, dup := seen[e.Name]; dup {
-			return nil, &EntryError{Index: i, Name: e.Name, Line: n.Line, Field: "name",
+			return nil, &EntryError{List: "subscriptions", Index: i, Name: e.Name, Line: n.Line, Field: "name",
 				Err: fmt.Errorf("duplicate name, already used by subscriptions[%d]", first)}
 		}
 		seen[e.Name] = i
@@ -191,9 +160,9 @@ func Parse(data []byte) ([]Entry, error) {
 
 func parseEntry(i int, n *yaml.Node) (Entry, error) {
 	fail := func(name, field string, err error) (Entry, error) {
-		return Entry{}, &EntryError{Index: i, Name: name, Line: n.Line, Field: field, Err: err}
+		return Entry{}, &EntryError{List: "subscriptions", Index: i, Name: name, Line: n.Line, Field: field, Err: err}
 	}
-	if resolve(n).Kind != yaml.MappingNode {
+	if yamlfile.Resolve(n).Kind != yaml.MappingNode {
 		return fail("", "", errors.New("must be a mapping of subscription fields"))
 	}
 	var m map[string]any
@@ -408,17 +377,6 @@ func join(prefix, k string) string {
 	return prefix + "." + k
 }
 
-func resolve(n *yaml.Node) *yaml.Node {
-	for n.Kind == yaml.AliasNode && n.Alias != nil {
-		n = n.Alias
-	}
-	return n
-}
-
-func isNull(n *yaml.Node) bool {
-	return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
-}
-
 // Apply loads path and applies every entry in order. It stops at the first error, which
 // is an *EntryError naming the entry (index and name) unless the file itself could not
 // be read or parsed. applied counts the entries applied without error, changed those of
@@ -438,7 +396,7 @@ func Apply(ctx context.Context, path string, a Applier, log *zap.Logger) (applie
 		ch, err := a.ApplySubscription(ctx, e.Name, e.Input)
 		if err != nil {
 			// A *core.FieldError already names its field in its message.
-			return applied, changed, fmt.Errorf("%s: %w", path, &EntryError{Index: i, Name: e.Name, Err: err})
+			return applied, changed, fmt.Errorf("%s: %w", path, &EntryError{List: "subscriptions", Index: i, Name: e.Name, Err: err})
 		}
 		applied++
 		if ch {
