@@ -484,3 +484,38 @@ func (b *Broker) PurgeDeadLetters(ctx context.Context, s *core.Subscription) (in
 	}
 	return n, nil
 }
+
+// PruneConsumers removes consumers of the subscription's group that hold nothing and have
+// been idle longer than idleOver: every bridge process (and every ordered runner) joins
+// under a name of its own, and the names of those long gone would pile up otherwise.
+// A consumer with pending entries is never removed (that would orphan them).
+func (b *Broker) PruneConsumers(ctx context.Context, s *core.Subscription, idleOver time.Duration) (int, error) {
+	rows, err := b.c.Do(ctx, b.c.B().XinfoConsumers().Key(s.Subject).Group(groupName(s.Name)).Build()).ToArray()
+	if err != nil {
+		if isNoGroup(err) || isNoKey(err) {
+			return 0, nil
+		}
+		return 0, fmt.Errorf("xinfo consumers %s: %w", s.Subject, classify(err))
+	}
+	var cmds rueidis.Commands
+	for _, row := range rows {
+		kv, err := row.AsMap()
+		if err != nil {
+			continue
+		}
+		name, pending, idle := kv["name"], kv["pending"], kv["idle"]
+		n, _ := name.ToString()
+		p, _ := pending.AsInt64()
+		i, _ := idle.AsInt64()
+		if n != "" && p == 0 && time.Duration(i)*time.Millisecond > idleOver {
+			cmds = append(cmds, b.c.B().XgroupDelconsumer().Key(s.Subject).Group(groupName(s.Name)).Consumername(n).Build())
+		}
+	}
+	removed := 0
+	for _, r := range b.c.DoMulti(ctx, cmds...) {
+		if r.Error() == nil {
+			removed++
+		}
+	}
+	return removed, nil
+}

@@ -48,6 +48,7 @@ type Broker interface {
 	HoldLease(ctx context.Context, s *core.Subscription, holder string, ttl time.Duration) (bool, error)
 	ReleaseLease(ctx context.Context, s *core.Subscription, holder string) error
 	RetryingKeys(ctx context.Context, s *core.Subscription) ([]string, error)
+	PruneConsumers(ctx context.Context, s *core.Subscription, idleOver time.Duration) (int, error)
 	ReclaimOthers(ctx context.Context, s *core.Subscription, consumer string, minIdle time.Duration, limit int) (core.Reclaimed, error)
 
 	SubscribePubSub(ctx context.Context, s *core.Subscription, onSubscribed func(), fn func(core.Message)) error

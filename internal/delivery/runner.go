@@ -271,6 +271,7 @@ func (r *runner) loop() {
 	// An ordered subscription holds back later messages of a busy key; past this many it
 	// stops reading until keys drain.
 	maxBacklog := 8 * r.sub.MaxInFlight
+	nextPrune := time.Now().Add(time.Minute)
 	r.produce("the stream", func(n int) (int, error) {
 		if r.gate != nil && !r.leading.Load() {
 			r.sleep(200 * time.Millisecond) // another process delivers it; wait to take over
@@ -292,6 +293,14 @@ func (r *runner) loop() {
 				r.takeover.Store(false) // nothing more left behind
 			}
 			return used + r.send(rc.Messages), err
+		}
+		if !now.Before(nextPrune) {
+			nextPrune = now.Add(10 * time.Minute)
+			ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+			if n, err := r.e.b.PruneConsumers(ctx, r.sub, consumerIdleLimit); err == nil && n > 0 {
+				r.log.Info("removed idle consumers that held nothing from the group", zap.Int("count", n))
+			}
+			cancel()
 		}
 		if !now.Before(nextReclaim) {
 			nextReclaim = now.Add(reclaimEvery)
@@ -331,6 +340,10 @@ func (r *runner) loop() {
 		return used + r.send(msgs), err
 	})
 }
+
+// consumerIdleLimit is how long a consumer that holds nothing may stay idle in a group
+// before it is removed (a process that is gone).
+const consumerIdleLimit = time.Hour
 
 // readConsumer names this runner in the consumer group: the process's name, or for an
 // ordered subscription the runner's own, so that its deliberately waiting entries are told
