@@ -99,16 +99,28 @@ func FuzzDecodeEntry(f *testing.F) {
 			if !bytes.Equal(m.Body, []byte(payload)) {
 				t.Fatalf("body %q, want the payload %q", m.Body, payload)
 			}
+			// Valid headers are kept and invalid ones left out, since no push could carry them.
+			// Names are case-insensitive: when two fields differ only in case, either may win.
+			byLower := map[string]int{}
+			for k := range fields {
+				if name, ok := strings.CutPrefix(k, headerPrefix); ok && name != "" {
+					byLower[strings.ToLower(name)]++
+				}
+			}
 			for k, v := range fields {
 				name, isHeader := strings.CutPrefix(k, headerPrefix)
-				if !isHeader || name == "" {
+				if !isHeader || name == "" || byLower[strings.ToLower(name)] > 1 {
 					continue
 				}
-				_, found := m.Headers[strings.ToLower(name)]
+				got, found := m.Headers[strings.ToLower(name)]
 				valid := httpguts.ValidHeaderFieldName(name) && httpguts.ValidHeaderFieldValue(v)
-				if found != valid {
-					// Valid headers are kept; invalid ones are left out, since no push could carry them.
-					t.Fatalf("header field %q (%q): kept=%v, valid=%v", k, v, found, valid)
+				if found != valid || (found && got != v) {
+					t.Fatalf("header field %q (%q): kept=%v (%q), valid=%v", k, v, found, got, valid)
+				}
+			}
+			for k, v := range m.Headers {
+				if !httpguts.ValidHeaderFieldName(k) || !httpguts.ValidHeaderFieldValue(v) {
+					t.Fatalf("kept an invalid header %q: %q", k, v)
 				}
 			}
 			return
