@@ -16,7 +16,18 @@ for pkg in $pkgs; do
 	targets=$(go test -list '^Fuzz' "$pkg" | grep -E '^Fuzz[[:alnum:]_]*$' || true)
 	for target in $targets; do
 		echo "--- fuzz $pkg $target ($fuzztime)"
-		go test -run='^$' -fuzz="^${target}\$" -fuzztime="$fuzztime" "$pkg"
+		log=$(mktemp)
+		if ! go test -run='^$' -fuzz="^${target}\$" -fuzztime="$fuzztime" "$pkg" 2>&1 | tee "$log"; then
+			# Go's fuzzing engine can report "context deadline exceeded" when the time runs
+			# out while a worker is still busy (seen on loaded 2-core machines), with no
+			# failing input found. That is not a finding; anything else is.
+			if grep -q 'Failing input written' "$log" || ! grep -q 'context deadline exceeded' "$log"; then
+				rm -f "$log"
+				exit 1
+			fi
+			echo "fuzz: $target stopped by the engine's deadline without a failing input; not a finding"
+		fi
+		rm -f "$log"
 		count=$((count + 1))
 	done
 done
