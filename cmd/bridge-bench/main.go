@@ -70,6 +70,7 @@ type options struct {
 	maxInFlight int
 	drainN      int
 	only        string
+	rounds      int
 	json        bool
 }
 
@@ -82,6 +83,7 @@ func parseFlags() options {
 	flag.IntVar(&o.size, "size", 256, "message body size in bytes (at least 16)")
 	flag.IntVar(&o.maxInFlight, "max-in-flight", 256, "max_in_flight of the benchmark subscriptions")
 	flag.IntVar(&o.drainN, "drain-n", 100000, "messages in the drain phase's backlog")
+	flag.IntVar(&o.rounds, "rounds", 2, "rounds per server, alternating which server goes first; the best round of each is reported")
 	flag.StringVar(&o.only, "only", "both", "servers to measure: bridge, minimal (the in-run reference implementation) or both")
 	flag.BoolVar(&o.json, "json", false, "also print the results as JSON")
 	flag.Parse()
@@ -96,6 +98,8 @@ func parseFlags() options {
 		usageError("-max-in-flight must be at least 1")
 	case o.drainN < 1 || o.drainN > 10_000_000:
 		usageError("-drain-n must be between 1 and 10000000")
+	case o.rounds < 1 || o.rounds > 10:
+		usageError("-rounds must be between 1 and 10")
 	case o.only != "bridge" && o.only != "minimal" && o.only != "both":
 		usageError("-only must be bridge, minimal or both")
 	}
@@ -309,32 +313,51 @@ func run(ctx context.Context, o options) (res *results, err error) {
 		return res, err
 	}
 
-	// Bridge first, then minimal; the load average at both ends of the run
-	// (in the report) tells whether the machine drifted in between.
-	for _, t := range targets {
-		// A fresh Redis for each server: the baseline's entries, or the
-		// previous server's streams and groups, would otherwise sit in its
-		// memory and keyspace.
-		if _, err := redisDo(redisAddr, "FLUSHALL"); err != nil {
-			return res, fmt.Errorf("FLUSHALL before %s: %w", t.name, err)
+	// Rounds alternate which server goes first, so drift on a shared machine (the load
+	// average at both ends is in the report) does not always favour the same one; each
+	// server's best round, by end-to-end throughput, is reported.
+	for round := range o.rounds {
+		order := targets
+		if round%2 == 1 {
+			order = []target{}
+			for i := len(targets) - 1; i >= 0; i-- {
+				order = append(order, targets[i])
+			}
 		}
-		sr := &serverResult{CPU: map[string]map[string]float64{}}
-		switch t.name {
-		case "bridge":
-			res.Bridge = sr
-		default:
-			res.Minimal = sr
-		}
-		problem := func(format string, args ...any) {
-			res.Problems = append(res.Problems, t.name+": "+fmt.Sprintf(format, args...))
-		}
-		if err := runServer(ctx, o, t, sr, dir, redis, redisAddr, problem); err != nil {
-			return res, err
+		for _, t := range order {
+			// A fresh Redis for each server: the baseline's entries, or the
+			// previous server's streams and groups, would otherwise sit in its
+			// memory and keyspace.
+			if _, err := redisDo(redisAddr, "FLUSHALL"); err != nil {
+				return res, fmt.Errorf("FLUSHALL before %s: %w", t.name, err)
+			}
+			sr := &serverResult{CPU: map[string]map[string]float64{}}
+			problem := func(format string, args ...any) {
+				res.Problems = append(res.Problems, t.name+": "+fmt.Sprintf(format, args...))
+			}
+			step(fmt.Sprintf("round %d of %d: %s", round+1, o.rounds, t.name))
+			if err := runServer(ctx, o, t, sr, dir, redis, redisAddr, problem); err != nil {
+				return res, err
+			}
+			best := &res.Minimal
+			if t.name == "bridge" {
+				best = &res.Bridge
+			}
+			if *best == nil || e2eRate(sr) > e2eRate(*best) {
+				*best = sr
+			}
 		}
 	}
 	res.Comparison = compare(res.Bridge, res.Minimal)
 	redis.stop(syscall.SIGTERM, 5*time.Second)
 	return res, nil
+}
+
+func e2eRate(sr *serverResult) float64 {
+	if sr == nil || sr.E2E == nil {
+		return -1
+	}
+	return sr.E2E.PushesPerSec
 }
 
 // runServer starts one server, runs the phases against it and stops it. It

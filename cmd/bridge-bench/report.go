@@ -254,7 +254,7 @@ func printTable(w io.Writer, r *results) {
 	}
 	if r.LoadAvg.End != "" {
 		p("")
-		p("load average: start %s, end %s  (%d cpus; bridge ran first, then minimal)", r.LoadAvg.Start, r.LoadAvg.End, r.Options.CPUs)
+		p("load average: start %s, end %s  (%d cpus; rounds alternate which server goes first, best round of each shown)", r.LoadAvg.Start, r.LoadAvg.End, r.Options.CPUs)
 	}
 	p("")
 	if len(r.Problems) == 0 {

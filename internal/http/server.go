@@ -4,6 +4,8 @@ package httpapi
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -112,7 +114,12 @@ func NewHandler(b Broker, reg Registry, e Engine, opts Options) http.Handler {
 	}
 	a := &api{b: b, reg: reg, e: e, opts: opts, log: opts.Logger}
 	r := chi.NewRouter()
-	r.Use(middleware.RequestID, a.logRequests, a.recoverer)
+	// Per-request logging costs a wrapped writer and a request id on every call: only when
+	// debug logs are on. Failures are logged where they happen, with an id of their own.
+	if opts.Logger.Core().Enabled(zap.DebugLevel) {
+		r.Use(middleware.RequestID, a.logRequests)
+	}
+	r.Use(a.recoverer)
 	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
 		writeProblem(w, "not_found", "no such route")
 	})
@@ -291,7 +298,13 @@ func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 		a.log.Warn("redis unavailable", zap.String("path", r.URL.Path), zap.Error(err))
 		writeProblem(w, "redis_unavailable", "redis did not confirm the operation; retry later")
 	default:
-		a.log.Error("request failed", zap.String("path", r.URL.Path), zap.Error(err))
-		writeProblem(w, "internal", fmt.Sprintf("request failed (request id %s)", middleware.GetReqID(r.Context())))
+		id := middleware.GetReqID(r.Context())
+		if id == "" {
+			var b [6]byte
+			_, _ = rand.Read(b[:])
+			id = hex.EncodeToString(b[:])
+		}
+		a.log.Error("request failed", zap.String("path", r.URL.Path), zap.String("request_id", id), zap.Error(err))
+		writeProblem(w, "internal", fmt.Sprintf("request failed (request id %s)", id))
 	}
 }
