@@ -66,51 +66,56 @@ func (b *Broker) ReplayDeadLetters(ctx context.Context, s *core.Subscription, id
 	for _, id := range ids {
 		want[id] = true
 	}
+	keys := []string{dlqKey(s.Subject, s.Name), retryKey(s.Subject, s.Name), retryDataKey(s.Subject, s.Name), retryCountKey(s.Subject, s.Name)}
 	moved := 0
 	after := ""
 	for {
 		page, err := b.DeadLetters(ctx, s, after, 500)
-		if err != nil {
+		if err != nil || len(page) == 0 {
 			return moved, err
 		}
-		if len(page) == 0 {
-			return moved, nil
-		}
+		now := strconv.FormatInt(time.Now().UnixMilli(), 10)
+		execs := make([]rueidis.LuaExec, 0, len(page))
 		for _, d := range page {
 			after = d.EntryID
 			if ids != nil && !want[d.ID] {
 				continue
 			}
-			n, err := b.replayOne(ctx, s, d)
+			id, rec, err := replayRecord(s, d)
 			if err != nil {
 				return moved, err
 			}
-			moved += n
+			execs = append(execs, rueidis.LuaExec{Keys: keys, Args: []string{d.EntryID, id, rec, now}})
+		}
+		if len(execs) == 0 {
+			continue
+		}
+		// One pipelined round trip per page; each script moves one entry atomically.
+		for _, res := range replayScript.ExecMulti(ctx, b.c, execs...) {
+			n, err := res.AsInt64()
+			if err != nil {
+				return moved, fmt.Errorf("replay dead letters of %s: %w", s.Name, classify(err))
+			}
+			moved += int(n)
 		}
 	}
 }
 
-func (b *Broker) replayOne(ctx context.Context, s *core.Subscription, d core.DeadLetter) (int, error) {
+// replayRecord is the retry record a dead letter goes back as: its body and headers
+// without the dead-letter reason, under its original id.
+func replayRecord(s *core.Subscription, d core.DeadLetter) (id, rec string, err error) {
 	h := make(map[string]string, len(d.Headers))
 	for k, v := range d.Headers {
 		if k != core.HeaderDeadLetterReason {
 			h[k] = v
 		}
 	}
-	id := d.ID
-	if id == "" || strings.Contains(id, ".") {
+	id = d.ID
+	if !validID(id) {
 		id = core.MessageID(s.Subject, d.EntryID)
 	}
-	rec, err := json.Marshal(retryRecord{ID: id, Body: d.Body, Headers: h})
-	if err != nil {
-		return 0, err
-	}
-	keys := []string{dlqKey(s.Subject, s.Name), retryKey(s.Subject, s.Name), retryDataKey(s.Subject, s.Name), retryCountKey(s.Subject, s.Name)}
-	n, err := replayScript.Exec(ctx, b.c, keys, []string{d.EntryID, id, string(rec), strconv.FormatInt(time.Now().UnixMilli(), 10)}).AsInt64()
-	if err != nil {
-		return 0, fmt.Errorf("replay %s: %w", id, classify(err))
-	}
-	return int(n), nil
+	raw, err := json.Marshal(retryRecord{ID: id, Body: d.Body, Headers: h})
+	return id, string(raw), err
 }
 
 // SubscriptionStats reads lag and pending (XINFO GROUPS), the retry set size and the DLQ size.

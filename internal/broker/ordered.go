@@ -135,16 +135,19 @@ func (b *Broker) ReclaimOthers(ctx context.Context, s *core.Subscription, consum
 	}
 	// Ids XCLAIM did not return were claimed by someone else meanwhile, or no longer exist
 	// (Redis 7 drops those from the PEL); which one is told by XRANGE.
-	var gone []string
+	var missing []string
+	var checks rueidis.Commands
 	for _, id := range ids {
-		if claimed[id] {
-			continue
-		}
-		if n, err := b.c.Do(ctx, b.c.B().Xrange().Key(s.Subject).Start(id).End(id).Build()).AsXRange(); err == nil && len(n) == 0 {
-			gone = append(gone, id)
+		if !claimed[id] {
+			missing = append(missing, id)
+			checks = append(checks, b.c.B().Xrange().Key(s.Subject).Start(id).End(id).Build())
 		}
 	}
-	out.Lost = append(out.Lost, gone...)
+	for i, r := range b.c.DoMulti(ctx, checks...) {
+		if e, err := r.AsXRange(); err == nil && len(e) == 0 {
+			out.Lost = append(out.Lost, missing[i])
+		}
+	}
 	if len(out.Lost) > 0 {
 		if err := b.Ack(ctx, s.Subject, s.Name, out.Lost...); err != nil {
 			return out, err
