@@ -62,7 +62,7 @@ func run(ctx context.Context, environ []string) error {
 		URL: cfg.RedisURL, Username: cfg.RedisUsername, Password: cfg.RedisPassword,
 		PasswordFile: cfg.RedisPasswordFile, TLSCA: cfg.RedisTLSCA, TLSCert: cfg.RedisTLSCert,
 		TLSKey: cfg.RedisTLSKey, SentinelMaster: cfg.RedisSentinelMaster,
-	}, log)
+	})
 	if err != nil {
 		return err
 	}

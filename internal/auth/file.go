@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"github.com/bridge-dev/bridge/internal/yamlfile"
 	"io"
-	"os"
 	"unicode"
 	"unicode/utf8"
 
@@ -29,16 +28,9 @@ type TokenError = yamlfile.EntryError
 
 // Load reads and parses the tokens file at path. Errors name the path.
 func Load(path string) (*Set, error) {
-	f, err := os.Open(path)
+	data, err := yamlfile.ReadFile(path, MaxFileSize)
 	if err != nil {
 		return nil, err
-	}
-	defer f.Close()
-	// One byte past the limit tells "exactly the limit" from "over it" without trusting
-	// Stat, which says nothing useful for pipes and some mounted files.
-	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	s, err := Parse(data)
 	if err != nil {

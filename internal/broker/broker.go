@@ -36,9 +36,6 @@ func New(c rueidis.Client, opts ...Option) *Broker {
 	return b
 }
 
-// Client is the underlying client, for callers that need a raw command (tests, readiness).
-func (b *Broker) Client() rueidis.Client { return b.c }
-
 // Ping checks that Redis answers.
 func (b *Broker) Ping(ctx context.Context) error {
 	return classify(b.c.Do(ctx, b.c.B().Ping().Build()).Error())

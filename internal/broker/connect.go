@@ -11,7 +11,6 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/rueidis"
-	"go.uber.org/zap"
 )
 
 // ConnOptions say how to reach Redis. The zero value means the embedded server.
@@ -48,10 +47,7 @@ func (c *Conn) Close() {
 // Connect opens a rueidis client for opts. With an empty URL it starts an embedded
 // in-process Redis-compatible server on 127.0.0.1 and connects to it through the same
 // client code path, so the embedded mode exercises exactly what production runs.
-func Connect(opts ConnOptions, log *zap.Logger) (*Conn, error) {
-	if log == nil {
-		log = zap.NewNop()
-	}
+func Connect(opts ConnOptions) (*Conn, error) {
 	if opts.URL == "" {
 		m := miniredis.NewMiniRedis()
 		if err := m.StartAddr("127.0.0.1:0"); err != nil {

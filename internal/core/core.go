@@ -20,8 +20,6 @@ var (
 	// ErrNoGroup: a subscription's consumer group does not exist; the stream was deleted or
 	// flushed, or the subscription was deleted meanwhile. Only the caller can tell which.
 	ErrNoGroup = errors.New("consumer group does not exist")
-	// ErrConflict: the request contradicts existing state (for example a subject change).
-	ErrConflict = errors.New("conflict")
 )
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$`)

@@ -21,10 +21,8 @@ type Stats struct {
 	DeadLettered atomic.Int64
 	InFlight     atomic.Int64
 	Lost         atomic.Int64
-	// Dropped counts at-most-once (Pub/Sub) pushes that failed and were not retried.
-	Dropped    atomic.Int64
-	LastStatus atomic.Int64
-	lastError  atomic.Pointer[string]
+	LastStatus   atomic.Int64
+	lastError    atomic.Pointer[string]
 	// lastAt (unix ms) is when LastStatus and the last error were set.
 	lastAt atomic.Int64
 
@@ -523,7 +521,6 @@ func (r *runner) settleAtMostOnce(m *core.Message, outcome Outcome, res pushResu
 		defer r.pauseGone()
 	}
 	if r.sub.Transport == "pubsub" {
-		r.stats.Dropped.Add(1)
 		r.log.Info("Pub/Sub push failed; at-most-once, not retried", zap.String("message_id", m.ID),
 			zap.Int("status", res.status), zap.String("error", res.errText))
 		return

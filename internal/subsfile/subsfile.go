@@ -33,7 +33,6 @@ import (
 	"fmt"
 	"github.com/bridge-dev/bridge/internal/yamlfile"
 	"io"
-	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -69,16 +68,9 @@ type EntryError = yamlfile.EntryError
 
 // Load reads and parses the file at path. Errors name the path.
 func Load(path string) ([]Entry, error) {
-	f, err := os.Open(path)
+	data, err := yamlfile.ReadFile(path, MaxFileSize)
 	if err != nil {
 		return nil, err
-	}
-	defer f.Close()
-	// Read one byte past the limit to tell "exactly the limit" from "over it" without
-	// trusting Stat, which says nothing useful for pipes and some mounted files.
-	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	entries, err := Parse(data)
 	if err != nil {

@@ -4,6 +4,8 @@ package yamlfile
 
 import (
 	"fmt"
+	"io"
+	"os"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -57,4 +59,20 @@ func Resolve(n *yaml.Node) *yaml.Node {
 // IsNull reports whether n is a YAML null.
 func IsNull(n *yaml.Node) bool {
 	return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
+}
+
+// ReadFile reads at most limit+1 bytes of path: one byte past the limit tells "exactly the
+// limit" from "over it" without trusting Stat, which says nothing useful for pipes and some
+// mounted files. The caller's parser refuses anything longer than limit.
+func ReadFile(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return data, nil
 }
