@@ -15,9 +15,13 @@ fuzz:
 bench:
 	go run ./cmd/bridge-bench
 
+# staticcheck is pinned, and run through `go run` so CI needs nothing installed.
+STATICCHECK = honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
 lint:
 	@unformatted=$$(gofmt -l .); \
 	if [ -n "$$unformatted" ]; then \
 		echo "gofmt needed:"; echo "$$unformatted"; exit 1; \
 	fi
 	go vet ./...
+	go run $(STATICCHECK) ./...

@@ -38,6 +38,29 @@ func TestEmbeddedDefault(t *testing.T) {
 		t.Fatalf("pushes %+v", ps)
 	}
 	redistest.Eventually(t, 10*time.Second, func() bool { return len(br.deadLetters("emb").DeadLetters) == 1 }, "no dead letter on embedded")
+	// Lag is what is left to read: nothing, once everything was pushed (the embedded server
+	// reports the stream's length as lag; the bridge counts instead).
+	for i := range 50 {
+		br.publish("embedded.orders", []byte(strings.Repeat("x", i)))
+	}
+	redistest.Eventually(t, 10*time.Second, func() bool { return rc.count() >= 53 }, "not delivered")
+	var s struct {
+		Stats struct {
+			Lag int64 `json:"lag"`
+		} `json:"stats"`
+	}
+	br.do("GET", "/v1/subscriptions/emb", nil, &s)
+	if s.Stats.Lag != 0 {
+		t.Fatalf("lag %d after every message was read", s.Stats.Lag)
+	}
+	br.do("POST", "/v1/subscriptions/emb/pause", nil, nil)
+	for range 7 {
+		br.publish("embedded.orders", []byte("waiting"))
+	}
+	br.do("GET", "/v1/subscriptions/emb", nil, &s)
+	if s.Stats.Lag != 7 {
+		t.Fatalf("lag %d with 7 messages waiting", s.Stats.Lag)
+	}
 }
 
 // Entries XADDed by ruststream-fred (or redis-cli in its layout) are pushed with body and
@@ -118,19 +141,32 @@ func TestSSRFGuard(t *testing.T) {
 	var prob struct {
 		Code string `json:"code"`
 	}
-	for _, u := range []string{rc.URL, "http://169.254.169.254/latest/meta-data", "http://[::1]:8080/", "http://10.0.0.1/", "http://[::ffff:127.0.0.1]/"} {
-		if code := br.do("PUT", "/v1/subscriptions/ssrf", map[string]any{"subject": "s", "url": u}, &prob); code != 400 || prob.Code != "target_not_allowed" {
-			t.Fatalf("%s: %d %s", u, code, prob.Code)
+	var prob2 struct {
+		Code   string `json:"code"`
+		Detail string `json:"detail"`
+	}
+	// Literal addresses, and a name that resolves only to loopback, are refused at PUT.
+	url := strings.Replace(rc.URL, "127.0.0.1", "localhost", 1)
+	for _, u := range []string{rc.URL, "http://169.254.169.254/latest/meta-data", "http://[::1]:8080/", "http://10.0.0.1/", "http://[::ffff:127.0.0.1]/", url} {
+		if code := br.do("PUT", "/v1/subscriptions/ssrf", map[string]any{"subject": "s", "url": u}, &prob2); code != 400 || prob2.Code != "target_not_allowed" ||
+			!strings.Contains(prob2.Detail, "BRIDGE_TARGET_ALLOW_CIDRS") {
+			t.Fatalf("%s: %d %+v", u, code, prob2)
 		}
 	}
-	n, _ := rs.Do(t, "DBSIZE").AsInt64()
-	if n != 0 {
-		t.Fatalf("refused registrations wrote %d keys", n)
+	keys, _ := rs.Do(t, "KEYS", "*").AsStrSlice()
+	for _, k := range keys {
+		if k != "bridge:processes" { // the engine's own liveness report
+			t.Fatalf("refused registrations wrote keys: %v", keys)
+		}
 	}
-	// A name that resolves to loopback passes registration and is refused at connect time.
-	url := strings.Replace(rc.URL, "127.0.0.1", "localhost", 1)
+	_ = prob
+	// DNS can change after registration: a process that allows loopback registers the name,
+	// one that does not refuses it at connect time and says how to allow it.
+	allowing := startBridge(t, redisURL(rs), "BRIDGE_TARGET_ALLOW_CIDRS=127.0.0.1/32,::1/128")
 	subject := uniq("ssrf")
-	br.subscribe("ssrf", fastSub(url, subject, map[string]any{"max_deliveries": 2}))
+	allowing.subscribe("ssrf", fastSub(url, subject, map[string]any{"max_deliveries": 2, "paused": true}))
+	allowing.kill()
+	br.do("POST", "/v1/subscriptions/ssrf/resume", nil, nil)
 	br.publish(subject, []byte("x"))
 	var d deadLetters
 	redistest.Eventually(t, 15*time.Second, func() bool {
@@ -140,7 +176,7 @@ func TestSSRFGuard(t *testing.T) {
 	if rc.count() != 0 {
 		t.Fatal("the guarded receiver was reached")
 	}
-	if !strings.Contains(d.DeadLetters[0].LastError, "not allowed") || d.DeadLetters[0].LastStatus != 0 {
+	if le := d.DeadLetters[0].LastError; !strings.Contains(le, "not allowed") || !strings.Contains(le, "BRIDGE_TARGET_ALLOW_CIDRS") || d.DeadLetters[0].LastStatus != 0 {
 		t.Fatalf("dead letter %+v", d.DeadLetters[0])
 	}
 }

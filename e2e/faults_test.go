@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bridge-dev/bridge/internal/core"
 	"github.com/bridge-dev/bridge/internal/redistest"
 )
 
@@ -45,6 +46,12 @@ func TestKill9LosesNothing(t *testing.T) {
 		br.start()
 	}
 	redistest.Eventually(t, 90*time.Second, func() bool { return rc.distinct() == n }, "only %d of %d messages pushed", rc.distinct(), n)
+	// Not just as many: exactly the entries written.
+	for _, id := range ids {
+		if len(rc.byID(core.MessageID(subject, id))) == 0 {
+			t.Fatalf("entry %s was never pushed", id)
+		}
+	}
 	redistest.Eventually(t, 10*time.Second, func() bool { return pendingCount(t, rs, subject, "crash") == 0 }, "entries left pending")
 	dups := rc.count() - n
 	t.Logf("kill -9 x4 while delivering %d messages: %d pushes, %d distinct, %d duplicates (%.2f%%)",

@@ -34,8 +34,11 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	bridgeBin = filepath.Join(dir, "bridge")
-	out, err := exec.Command("go", "build", "-race", "-o", bridgeBin, "../cmd/bridge").CombinedOutput()
-	if err != nil {
+	// E2E_BRIDGE_BIN runs the tests against a binary built elsewhere (for example without
+	// the race detector, to read memory figures as a user would see them).
+	if bin := os.Getenv("E2E_BRIDGE_BIN"); bin != "" {
+		bridgeBin = bin
+	} else if out, err := exec.Command("go", "build", "-race", "-o", bridgeBin, "../cmd/bridge").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build bridge: %v\n%s", err, out)
 		os.Exit(1)
 	}
@@ -343,10 +346,6 @@ func (rc *receiver) byID(id string) []push {
 	return out
 }
 
-func status(code int) func(w http.ResponseWriter, p push, nth int) {
-	return func(w http.ResponseWriter, _ push, _ int) { w.WriteHeader(code) }
-}
-
 func redisURL(s *redistest.Server) string { return "BRIDGE_REDIS_URL=" + s.URL }
 
 var ctxTODO = context.Background()
@@ -364,8 +363,6 @@ func pendingCount(t testing.TB, s *redistest.Server, subject, sub string) int64 
 func uniq(prefix string) string {
 	return fmt.Sprintf("%s.%d", prefix, time.Now().UnixNano()%1e9)
 }
-
-var _ = strings.TrimSpace
 
 func logLevel() string {
 	if l := os.Getenv("E2E_LOG_LEVEL"); l != "" {
@@ -385,3 +382,39 @@ func runOnce(env []string) (string, error) {
 }
 
 func jsonDecode(r io.Reader, v any) error { return json.NewDecoder(r).Decode(v) }
+
+// memStatus reads a field of /proc/<pid>/status in KiB (VmRSS, VmHWM).
+func (b *bridge) memStatus(field string) int64 {
+	b.t.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", b.cmd.Process.Pid))
+	if err != nil {
+		b.t.Skipf("no /proc: %v", err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return n
+		}
+	}
+	b.t.Fatalf("%s not in /proc status", field)
+	return 0
+}
+
+// heapInuse reads go_memstats_heap_inuse_bytes from the bridge's /metrics.
+func (b *bridge) heapInuse() int64 {
+	b.t.Helper()
+	resp, err := http.Get(b.URL + "/metrics")
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "go_memstats_heap_inuse_bytes "); ok {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return int64(f)
+		}
+	}
+	b.t.Fatal("no go_memstats_heap_inuse_bytes in /metrics")
+	return 0
+}

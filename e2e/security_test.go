@@ -648,8 +648,9 @@ func startInHostsNamespace(t *testing.T, hostsFile string, env ...string) *bridg
 	return nil
 }
 
-// A webhook given as a DNS name passes registration; what the name resolves to is checked
-// when the connection is made, and denied addresses are never reached.
+// A webhook given as a DNS name that resolves only to denied addresses is refused at
+// registration; and since DNS can change after registration, what a name resolves to is
+// checked again when the connection is made, and denied addresses are never reached.
 func TestSSRFNamesResolvedAtConnect(t *testing.T) {
 	t.Parallel()
 	if os.Geteuid() != 0 {
@@ -700,7 +701,22 @@ func TestSSRFNamesResolvedAtConnect(t *testing.T) {
 	subject := uniq("ssrf.names")
 	for i, e := range hostsEntries {
 		url := "http://" + e.name + ":" + port + "/hook"
-		br.subscribe(fmt.Sprintf("name%d", i), fastSub(url, subject, map[string]any{"max_deliveries": 1}))
+		if code := br.do("PUT", fmt.Sprintf("/v1/subscriptions/name%d", i), fastSub(url, subject, nil), &prob); code != 400 || prob.Code != "target_not_allowed" {
+			t.Fatalf("%s (%s) at registration: %d %s", e.name, e.addr, code, prob.Code)
+		}
+	}
+	// Registered through a process that allows every address (paused, and stopped before it
+	// could push), as if the names had resolved elsewhere at registration.
+	permissive := startInHostsNamespace(t, hostsFile, redisURL(rs), "BRIDGE_TARGET_ALLOW_CIDRS=0.0.0.0/0,::/0", "GODEBUG=netdns=go")
+	for i, e := range hostsEntries {
+		url := "http://" + e.name + ":" + port + "/hook"
+		permissive.subscribe(fmt.Sprintf("name%d", i), fastSub(url, subject, map[string]any{"max_deliveries": 1, "paused": true}))
+	}
+	permissive.kill()
+	for i := range hostsEntries {
+		if code := br.do("POST", fmt.Sprintf("/v1/subscriptions/name%d/resume", i), nil, nil); code != 200 {
+			t.Fatalf("resume: %d", code)
+		}
 	}
 	if code, _ := br.publish(subject, []byte("knock")); code != 202 {
 		t.Fatalf("publish: %d", code)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/bridge-dev/bridge/api"
 	"github.com/bridge-dev/bridge/internal/auth"
@@ -78,20 +79,33 @@ func run(ctx context.Context, environ []string) error {
 	guard := netguard.New(allow)
 
 	mx := metrics.New()
-	engine := delivery.New(b, delivery.Options{
-		Client:  delivery.NewHTTPClient(guard.Control),
-		Logger:  log.Named("delivery"),
-		Metrics: mx,
-	})
-	mx.WatchSubscriptions(subscriptionGauges(b, engine))
 	reg := registry.New(b, guard)
-	if cfg.SubscriptionsFile != "" {
+	applyFile := func(ctx context.Context) error {
+		if cfg.SubscriptionsFile == "" {
+			return nil
+		}
 		applied, changed, err := subsfile.Apply(ctx, cfg.SubscriptionsFile, reg, log)
 		if err != nil {
 			return fmt.Errorf("BRIDGE_SUBSCRIPTIONS_FILE: %w", err)
 		}
 		log.Info("subscriptions file applied", zap.String("file", cfg.SubscriptionsFile),
 			zap.Int("subscriptions", applied), zap.Int("changed", changed))
+		return nil
+	}
+	engine := delivery.New(b, delivery.Options{
+		Client:  delivery.NewHTTPClient(guard.Control),
+		Logger:  log.Named("delivery"),
+		Metrics: mx,
+		// Redis lost its data (a restart without persistence): what the file declares comes back.
+		RegistryLost: func(ctx context.Context) {
+			if err := applyFile(ctx); err != nil {
+				log.Error("could not apply the subscriptions file again", zap.Error(err))
+			}
+		},
+	})
+	mx.WatchSubscriptions(subscriptionGauges(b, engine))
+	if err := applyFile(ctx); err != nil {
+		return err
 	}
 	tokens, err := loadTokens(cfg)
 	if err != nil {
@@ -101,7 +115,7 @@ func run(ctx context.Context, environ []string) error {
 		Tokens:            tokens,
 		MaxBody:           int64(cfg.MaxBody),
 		MaxBatchBody:      int64(cfg.MaxBatchBody),
-		IdempotencyWindow: cfg.IdempotencyWindow,
+		IdempotencyWindow: time.Duration(cfg.IdempotencyWindow),
 		OpenAPI:           api.OpenAPI,
 		Metrics:           mx,
 		MetricsHandler:    mx.Handler(),
@@ -129,7 +143,7 @@ wait:
 	for {
 		select {
 		case <-ctx.Done():
-			log.Info("shutting down", zap.Duration("grace", cfg.ShutdownGrace))
+			log.Info("shutting down", zap.Duration("grace", time.Duration(cfg.ShutdownGrace)))
 			break wait
 		case err := <-serveErr:
 			log.Error("http server failed", zap.Error(err))
@@ -141,7 +155,7 @@ wait:
 
 	// Order matters: stop taking requests, stop reading Redis and let in-flight pushes
 	// finish and settle, and only then close the Redis client (deferred above).
-	graceCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+	graceCtx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.ShutdownGrace))
 	defer cancel()
 	if err := srv.Shutdown(graceCtx); err != nil {
 		log.Warn("http shutdown incomplete", zap.Error(err))
@@ -224,6 +238,8 @@ func newLogger(cfg *config.Config) (*zap.Logger, error) {
 		zc.EncoderConfig.TimeKey = "time"
 		zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
 	}
+	// "grace":"30s", not "grace":30: a duration is read by people first.
+	zc.EncoderConfig.EncodeDuration = zapcore.StringDurationEncoder
 	zc.Level = zap.NewAtomicLevelAt(level)
 	zc.Sampling = nil
 	zc.DisableStacktrace = level > zapcore.DebugLevel

@@ -56,6 +56,28 @@ func retryCountKey(subject, sub string) string {
 }
 func dlqKey(subject, sub string) string { return "bridge:{" + subject + "}:dlq:" + sub }
 
+// markerKey holds the incarnation of a live subscription (see core.Subscription.Incarnation)
+// in its subject's slot. Every script that writes a subscription's own keys checks it first,
+// so a push still in flight when its subscription was deleted (or deleted and created again)
+// settles without writing anything.
+func markerKey(subject, sub string) string { return "bridge:{" + subject + "}:sub:" + sub }
+
+// gone is what a marker-checking script answers when the subscription is not the live one.
+const gone = -1
+
+// checkGone turns a script's gone answer into core.ErrGone.
+func checkGone(res rueidis.RedisResult) error {
+	if n, err := res.AsInt64(); err == nil && n == gone {
+		return core.ErrGone
+	}
+	return res.Error()
+}
+
+// markerLua guards the scripts below: KEYS[1] is the marker, ARGV[1] the incarnation.
+const markerLua = `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+`
+
 // Stream fields of ruststream-fred's layout.
 const (
 	payloadField = "_payload"
@@ -69,7 +91,7 @@ func classify(err error) error {
 	if err == nil {
 		return nil
 	}
-	if errors.Is(err, core.ErrUnavailable) || errors.Is(err, core.ErrWrongType) {
+	if errors.Is(err, core.ErrUnavailable) || errors.Is(err, core.ErrWrongType) || errors.Is(err, core.ErrGone) {
 		return err
 	}
 	if re, ok := rueidis.IsRedisErr(err); ok {
@@ -79,10 +101,10 @@ func classify(err error) error {
 		code, _, _ := strings.Cut(re.Error(), " ")
 		switch {
 		case code == "WRONGTYPE":
-			return fmt.Errorf("%w: %v", core.ErrWrongType, err)
+			return fmt.Errorf("%w: %w", core.ErrWrongType, err)
 		case code == "OOM", code == "READONLY", code == "MASTERDOWN", code == "NOREPLICAS",
 			code == "BUSY", re.IsLoading(), re.IsClusterDown(), re.IsTryAgain():
-			return fmt.Errorf("%w: %v", core.ErrUnavailable, err)
+			return fmt.Errorf("%w: %w", core.ErrUnavailable, err)
 		}
 		return err
 	}
@@ -90,7 +112,7 @@ func classify(err error) error {
 		return err
 	}
 	// Anything that is not a Redis reply is a connection problem or a deadline.
-	return fmt.Errorf("%w: %v", core.ErrUnavailable, err)
+	return fmt.Errorf("%w: %w", core.ErrUnavailable, err)
 }
 
 func isNoGroup(err error) bool {

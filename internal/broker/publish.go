@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -161,6 +162,16 @@ func (b *Broker) schedule(ctx context.Context, subject string, m core.Outgoing, 
 			return core.Published{Err: fmt.Errorf("idempotency check: %w", classify(err))}
 		}
 	}
+	// The schedule lives in a slot of its own, so the append at the due time is the first
+	// command to touch the subject: check its type now, or the publisher gets a 202 for a
+	// message that can never be appended.
+	t, err := b.c.Do(ctx, b.c.B().Type().Key(subject).Build()).ToString()
+	if err != nil {
+		return core.Published{Err: fmt.Errorf("type %s: %w", subject, classify(err))}
+	}
+	if t != "none" && t != "stream" {
+		return core.Published{Err: fmt.Errorf("%s holds a %s: %w", subject, t, core.ErrWrongType)}
+	}
 	id := newScheduledID(subject, m.NotBefore)
 	rec, err := json.Marshal(scheduledRecord{Subject: subject, Body: m.Body, Headers: m.Headers})
 	if err != nil {
@@ -190,53 +201,63 @@ func (b *Broker) schedule(ctx context.Context, subject string, m core.Outgoing, 
 	return core.Published{ID: prev, Duplicate: true}
 }
 
-// MoveDueScheduled appends up to limit scheduled messages that are due into their streams
-// and returns how many it moved and when the next one is due (zero if none).
-func (b *Broker) MoveDueScheduled(ctx context.Context, now time.Time, limit int) (moved int, next time.Time, err error) {
+// MoveDueScheduled appends up to limit scheduled messages that are due into their streams.
+func (b *Broker) MoveDueScheduled(ctx context.Context, now time.Time, limit int) (core.ScheduledMove, error) {
+	var out core.ScheduledMove
 	keys := []string{scheduledDueKey, scheduledDataKey}
 	vals, err := claimScheduledScript.Exec(ctx, b.c, keys, []string{
 		strconv.FormatInt(now.UnixMilli(), 10), strconv.FormatInt(now.Add(scheduleLease).UnixMilli(), 10), strconv.Itoa(limit),
 	}).AsStrSlice()
 	if err != nil {
-		return 0, next, fmt.Errorf("claim scheduled: %w", classify(err))
+		return out, fmt.Errorf("claim scheduled: %w", classify(err))
 	}
 	if len(vals) == 0 {
-		return 0, next, nil
+		return out, nil
 	}
 	if ms, err := strconv.ParseFloat(vals[0], 64); err == nil {
-		next = time.UnixMilli(int64(ms))
+		out.Next = time.UnixMilli(int64(ms))
 	}
 	vals = vals[1:]
-	var ids []string
+	var ids, subjects []string
 	cmds := make(rueidis.Commands, 0, len(vals)/2)
+	var done []rueidis.LuaExec
 	for i := 0; i+1 < len(vals); i += 2 {
 		var rec scheduledRecord
 		if err := json.Unmarshal([]byte(vals[i+1]), &rec); err != nil {
+			// Unreadable: it can never be appended, so it is dropped rather than re-leased forever.
+			out.Dropped = append(out.Dropped, core.DroppedScheduled{ID: vals[i], Err: fmt.Errorf("decode: %w", err)})
+			done = append(done, rueidis.LuaExec{Keys: keys, Args: []string{vals[i]}})
 			continue
 		}
 		args := append([]string{"*"}, streamArgs(rec.Body, rec.Headers, idField, vals[i])...)
 		cmds = append(cmds, b.c.B().Arbitrary("XADD").Keys(rec.Subject).Args(args...).Build())
 		ids = append(ids, vals[i])
+		subjects = append(subjects, rec.Subject)
 	}
 	var firstErr error
-	var done []rueidis.LuaExec
 	for i, res := range b.c.DoMulti(ctx, cmds...) {
-		if err := res.Error(); err != nil {
+		if err := classify(res.Error()); err != nil {
+			if errors.Is(err, core.ErrWrongType) {
+				out.Dropped = append(out.Dropped, core.DroppedScheduled{ID: ids[i], Subject: subjects[i], Err: err})
+				done = append(done, rueidis.LuaExec{Keys: keys, Args: []string{ids[i]}})
+				continue
+			}
 			// Left leased: it comes due again after the lease and is retried then.
 			if firstErr == nil {
-				firstErr = fmt.Errorf("append scheduled %s: %w", ids[i], classify(err))
+				firstErr = fmt.Errorf("append scheduled %s: %w", ids[i], err)
 			}
 			continue
 		}
+		out.Moved++
 		done = append(done, rueidis.LuaExec{Keys: keys, Args: []string{ids[i]}})
 	}
 	if len(done) == 0 {
-		return 0, next, firstErr
+		return out, firstErr
 	}
 	for _, res := range unscheduleScript.ExecMulti(ctx, b.c, done...) {
 		if err := res.Error(); err != nil && firstErr == nil {
 			firstErr = fmt.Errorf("unschedule: %w", classify(err))
 		}
 	}
-	return len(done), next, firstErr
+	return out, firstErr
 }

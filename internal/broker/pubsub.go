@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/bridge-dev/bridge/internal/core"
@@ -43,6 +44,9 @@ func (b *Broker) SubscribePubSub(ctx context.Context, s *core.Subscription, onSu
 	hooks := dc.SetPubSubHooks(rueidis.PubSubHooks{
 		OnSubscription: func(rueidis.PubSubSubscription) { onSubscribed() },
 		OnMessage: func(m rueidis.PubSubMessage) {
+			if strings.HasPrefix(m.Channel, core.ReservedPrefix) {
+				return // the bridge's own channels (a pattern such as "*" matches them too)
+			}
 			msg := decodeEnvelope(m.Channel, m.Message)
 			msg.Origin, msg.Deliveries = core.Unsettled, 1
 			fn(msg)

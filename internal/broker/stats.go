@@ -22,31 +22,44 @@ const (
 	inFlightFresh = 5 * time.Second
 )
 
-// AddStats adds one process's delta to the subscription's shared counters.
+// addStatsScript adds counters (field, increment pairs) and sets fields (field, value pairs)
+// of a live subscription's stats hash. KEYS: marker, stats. ARGV: incarnation, number of
+// counter pairs, then the pairs.
+var addStatsScript = rueidis.NewLuaScript(markerLua + `
+local n = tonumber(ARGV[2])
+local i = 3
+for _ = 1, n do
+  redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i+1])
+  i = i + 2
+end
+if i <= #ARGV then redis.call('HSET', KEYS[2], unpack(ARGV, i)) end
+return 1`)
+
+// AddStats adds one process's delta to the subscription's shared counters (core.ErrGone
+// when the subscription was deleted meanwhile: its counters are not brought back).
 func (b *Broker) AddStats(ctx context.Context, s *core.Subscription, consumer string, d core.StatsDelta) error {
-	key := statsKey(s.Subject, s.Name)
-	cmds := make(rueidis.Commands, 0, 6)
+	args := make([]string, 2, 16)
+	args[0] = s.Incarnation()
+	counters := 0
 	for _, f := range []struct {
 		name string
 		n    int64
 	}{{"delivered", d.Delivered}, {"retried", d.Retried}, {"dead_lettered", d.DeadLettered}, {"lost", d.Lost}} {
 		if f.n != 0 {
-			cmds = append(cmds, b.c.B().Hincrby().Key(key).Field(f.name).Increment(f.n).Build())
+			args = append(args, f.name, strconv.FormatInt(f.n, 10))
+			counters++
 		}
 	}
+	args[1] = strconv.Itoa(counters)
 	now := time.Now()
-	fv := b.c.B().Hset().Key(key).FieldValue().
-		FieldValue(inFlightPrefix+consumer, strconv.FormatInt(d.InFlight, 10)+":"+strconv.FormatInt(now.UnixMilli(), 10))
+	args = append(args, inFlightPrefix+consumer, strconv.FormatInt(d.InFlight, 10)+":"+strconv.FormatInt(now.UnixMilli(), 10))
 	if !d.LastAt.IsZero() {
-		fv = fv.FieldValue("last_status", strconv.Itoa(d.LastStatus)).
-			FieldValue("last_error", d.LastError).
-			FieldValue("last_at", strconv.FormatInt(d.LastAt.UnixMilli(), 10))
+		args = append(args, "last_status", strconv.Itoa(d.LastStatus), "last_error", d.LastError,
+			"last_at", strconv.FormatInt(d.LastAt.UnixMilli(), 10))
 	}
-	cmds = append(cmds, fv.Build())
-	for _, r := range b.c.DoMulti(ctx, cmds...) {
-		if err := r.Error(); err != nil {
-			return fmt.Errorf("stats of %s: %w", s.Name, classify(err))
-		}
+	keys := []string{markerKey(s.Subject, s.Name), statsKey(s.Subject, s.Name)}
+	if err := checkGone(addStatsScript.Exec(ctx, b.c, keys, args)); err != nil {
+		return fmt.Errorf("stats of %s: %w", s.Name, classify(err))
 	}
 	return nil
 }

@@ -50,8 +50,18 @@ func (b *Broker) DestroySubscription(ctx context.Context, s *core.Subscription) 
 	return b.destroyGroup(ctx, s.Subject, s.Name)
 }
 
+// MarkLive records s as the live subscription of its name, so its settlements may write
+// its keys (see markerKey). Called when a subscription is created or found without a marker.
+func (b *Broker) MarkLive(ctx context.Context, s *core.Subscription) error {
+	err := b.c.Do(ctx, b.c.B().Set().Key(markerKey(s.Subject, s.Name)).Value(s.Incarnation()).Build()).Error()
+	if err != nil {
+		return fmt.Errorf("mark %s live: %w", s.Name, classify(err))
+	}
+	return nil
+}
+
 func (b *Broker) deleteKeys(ctx context.Context, subject, sub string) error {
-	err := b.c.Do(ctx, b.c.B().Del().Key(retryKey(subject, sub), retryDataKey(subject, sub), retryCountKey(subject, sub),
+	err := b.c.Do(ctx, b.c.B().Del().Key(markerKey(subject, sub), retryKey(subject, sub), retryDataKey(subject, sub), retryCountKey(subject, sub),
 		dlqKey(subject, sub), statsKey(subject, sub)).Build()).Error()
 	if err != nil {
 		return fmt.Errorf("delete keys of %s: %w", sub, classify(err))
@@ -191,13 +201,13 @@ end
 var (
 	// Settling the original is one of: XACK (stream), ZREM+HDEL from the retry set (retry),
 	// LREM from the processing list plus its delivery count (list), or nothing (none).
-	// KEYS: zset, data, counts, source (stream or processing list), list counts.
-	// ARGV: id, dueMs, record ("" keeps the stored one), deliveries, mode, group, handle.
-	retryScript = rueidis.NewLuaScript(settleLua + `
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], ARGV[1], ARGV[3]) end
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-if ARGV[5] ~= 'retry' then settle(ARGV[5], KEYS[4], KEYS[1], KEYS[2], KEYS[3], KEYS[5], ARGV[6], ARGV[7], ARGV[1]) end
+	// KEYS: marker, zset, data, counts, source (stream or processing list), list counts.
+	// ARGV: incarnation, id, dueMs, record ("" keeps the stored one), deliveries, mode, group, handle.
+	retryScript = rueidis.NewLuaScript(settleLua + markerLua + `
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], ARGV[2], ARGV[4]) end
+redis.call('HSET', KEYS[4], ARGV[2], ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+if ARGV[6] ~= 'retry' then settle(ARGV[6], KEYS[5], KEYS[2], KEYS[3], KEYS[4], KEYS[6], ARGV[7], ARGV[8], ARGV[2]) end
 return 1`)
 	// KEYS: zset, data, counts. ARGV: nowMs, leaseUntilMs, limit. Returns the score of the
 	// earliest remaining member ("" if none) followed by id, record, deliveries triples.
@@ -228,11 +238,11 @@ for _, id in ipairs(ARGV) do
   redis.call('HDEL', KEYS[3], id)
 end
 return #ARGV`)
-	// KEYS: dlq, source, zset, data, counts, list counts. ARGV: mode, group, handle, id, then
-	// the DLQ entry's field/value pairs.
-	deadLetterScript = rueidis.NewLuaScript(settleLua + `
-redis.call('XADD', KEYS[1], '*', unpack(ARGV, 5))
-settle(ARGV[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2], ARGV[3], ARGV[4])
+	// KEYS: marker, dlq, source, zset, data, counts, list counts. ARGV: incarnation, mode,
+	// group, handle, id, then the DLQ entry's field/value pairs.
+	deadLetterScript = rueidis.NewLuaScript(settleLua + markerLua + `
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 6))
+settle(ARGV[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[3], ARGV[4], ARGV[5])
 return 1`)
 	// KEYS: dlq, zset, data, counts. ARGV: dlqEntryID, id, record, nowMs.
 	replayScript = rueidis.NewLuaScript(`
@@ -260,9 +270,10 @@ func (b *Broker) Retry(ctx context.Context, s *core.Subscription, m *core.Messag
 		rec = string(raw)
 	}
 	mode, src := settleMode(s, m)
-	keys := append(b.retryKeys(s), src, listCountKey(s.Subject, s.Name))
-	args := []string{m.ID, strconv.FormatInt(due.UnixMilli(), 10), rec, strconv.Itoa(m.Deliveries), mode, groupName(s.Name), m.EntryID}
-	if err := retryScript.Exec(ctx, b.c, keys, args).Error(); err != nil {
+	keys := []string{markerKey(s.Subject, s.Name), retryKey(s.Subject, s.Name), retryDataKey(s.Subject, s.Name),
+		retryCountKey(s.Subject, s.Name), src, listCountKey(s.Subject, s.Name)}
+	args := []string{s.Incarnation(), m.ID, strconv.FormatInt(due.UnixMilli(), 10), rec, strconv.Itoa(m.Deliveries), mode, groupName(s.Name), m.EntryID}
+	if err := checkGone(retryScript.Exec(ctx, b.c, keys, args)); err != nil {
 		return fmt.Errorf("schedule retry of %s: %w", m.ID, classify(err))
 	}
 	return nil
@@ -328,8 +339,8 @@ func (b *Broker) AckRetries(ctx context.Context, s *core.Subscription, ids ...st
 // script.
 func (b *Broker) DeadLetter(ctx context.Context, s *core.Subscription, m *core.Message, info core.DeadLetterInfo) error {
 	mode, src := settleMode(s, m)
-	args := make([]string, 0, 18+2*len(m.Headers))
-	args = append(args, mode, groupName(s.Name), m.EntryID, m.ID,
+	args := make([]string, 0, 19+2*len(m.Headers))
+	args = append(args, s.Incarnation(), mode, groupName(s.Name), m.EntryID, m.ID,
 		payloadField, rueidis.BinaryString(m.Body))
 	for k, v := range m.Headers {
 		if k == core.HeaderDeadLetterReason {
@@ -345,9 +356,9 @@ func (b *Broker) DeadLetter(ctx context.Context, s *core.Subscription, m *core.M
 		"_deliveries", strconv.Itoa(m.Deliveries),
 		"_time", strconv.FormatInt(info.At.UnixMilli(), 10),
 	)
-	keys := []string{dlqKey(s.Subject, s.Name), src, retryKey(s.Subject, s.Name), retryDataKey(s.Subject, s.Name),
+	keys := []string{markerKey(s.Subject, s.Name), dlqKey(s.Subject, s.Name), src, retryKey(s.Subject, s.Name), retryDataKey(s.Subject, s.Name),
 		retryCountKey(s.Subject, s.Name), listCountKey(s.Subject, s.Name)}
-	if err := deadLetterScript.Exec(ctx, b.c, keys, args).Error(); err != nil {
+	if err := checkGone(deadLetterScript.Exec(ctx, b.c, keys, args)); err != nil {
 		return fmt.Errorf("dead-letter %s: %w", m.ID, classify(err))
 	}
 	return nil

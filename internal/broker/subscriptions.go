@@ -22,34 +22,37 @@ const versionField = "_version"
 const ChangesChannel = "bridge:subscriptions:changed"
 
 var (
-	// KEYS: hash. ARGV: name, json. Returns 1 when the name existed.
+	// KEYS: hash. ARGV: name, json. Returns {1 when the name existed, the new version}.
 	putSubScript = rueidis.NewLuaScript(`
 local existed = redis.call('HEXISTS', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local v = redis.call('HINCRBY', KEYS[1], '_version', 1)
 redis.call('PUBLISH', 'bridge:subscriptions:changed', v)
-return existed`)
-	// KEYS: hash. ARGV: name. Returns 1 when it existed.
+return {existed, v}`)
+	// KEYS: hash. ARGV: name. Returns the new version, or 0 when the name did not exist.
 	delSubScript = rueidis.NewLuaScript(`
 local n = redis.call('HDEL', KEYS[1], ARGV[1])
-if n > 0 then
-  local v = redis.call('HINCRBY', KEYS[1], '_version', 1)
-  redis.call('PUBLISH', 'bridge:subscriptions:changed', v)
-end
-return n`)
+if n == 0 then return 0 end
+local v = redis.call('HINCRBY', KEYS[1], '_version', 1)
+redis.call('PUBLISH', 'bridge:subscriptions:changed', v)
+return v`)
 )
 
-// PutSubscription stores s (secret included) and reports whether it replaced one.
-func (b *Broker) PutSubscription(ctx context.Context, s *core.Subscription) (replaced bool, err error) {
+// PutSubscription stores s (secret included) and reports whether it replaced one and the
+// registry version the change made.
+func (b *Broker) PutSubscription(ctx context.Context, s *core.Subscription) (replaced bool, version int64, err error) {
 	raw, err := json.Marshal(b.seal(s))
 	if err != nil {
-		return false, err
+		return false, 0, err
 	}
-	n, err := putSubScript.Exec(ctx, b.c, []string{subscriptionsKey}, []string{s.Name, string(raw)}).AsInt64()
-	if err != nil {
-		return false, fmt.Errorf("store subscription %s: %w", s.Name, classify(err))
+	res, err := putSubScript.Exec(ctx, b.c, []string{subscriptionsKey}, []string{s.Name, string(raw)}).AsIntSlice()
+	if err != nil || len(res) != 2 {
+		if err == nil {
+			err = fmt.Errorf("unexpected reply %v", res)
+		}
+		return false, 0, fmt.Errorf("store subscription %s: %w", s.Name, classify(err))
 	}
-	return n == 1, nil
+	return res[0] == 1, res[1], nil
 }
 
 // GetSubscription returns the stored subscription (secret included) or core.ErrNotFound.
@@ -142,16 +145,17 @@ func (b *Broker) SubscriptionsVersion(ctx context.Context) (int64, error) {
 	return v, nil
 }
 
-// DeleteSubscription removes the subscription record, or returns core.ErrNotFound.
-func (b *Broker) DeleteSubscription(ctx context.Context, name string) error {
-	n, err := delSubScript.Exec(ctx, b.c, []string{subscriptionsKey}, []string{name}).AsInt64()
+// DeleteSubscription removes the subscription record and returns the registry version the
+// change made, or core.ErrNotFound.
+func (b *Broker) DeleteSubscription(ctx context.Context, name string) (int64, error) {
+	v, err := delSubScript.Exec(ctx, b.c, []string{subscriptionsKey}, []string{name}).AsInt64()
 	if err != nil {
-		return fmt.Errorf("delete subscription %s: %w", name, classify(err))
+		return 0, fmt.Errorf("delete subscription %s: %w", name, classify(err))
 	}
-	if n == 0 {
-		return fmt.Errorf("subscription %s: %w", name, core.ErrNotFound)
+	if v == 0 {
+		return 0, fmt.Errorf("subscription %s: %w", name, core.ErrNotFound)
 	}
-	return nil
+	return v, nil
 }
 
 // PauseSubscription marks the subscription paused with a reason, as every process will see
@@ -168,7 +172,7 @@ func (b *Broker) PauseSubscription(ctx context.Context, name, reason string) err
 		return nil
 	}
 	s.Paused, s.PausedReason, s.UpdatedAt = true, reason, time.Now().UTC()
-	_, err = b.PutSubscription(ctx, s)
+	_, _, err = b.PutSubscription(ctx, s)
 	return err
 }
 

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bridge-dev/bridge/internal/core"
 	"github.com/caarlos0/env/v11"
 	"github.com/dustin/go-humanize"
 	"go.uber.org/zap/zapcore"
@@ -40,29 +41,46 @@ func (b *ByteSize) UnmarshalText(text []byte) error {
 	return nil
 }
 
+// Duration is a duration variable: a Go duration ("30s", "1h30m") or whole seconds ("30"),
+// as everywhere in the bridge (SPEC §7).
+type Duration time.Duration
+
+// UnmarshalText parses a Go duration or whole seconds.
+func (d *Duration) UnmarshalText(text []byte) error {
+	v, err := core.ParseDuration(string(text))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// String prints the duration with its unit.
+func (d Duration) String() string { return time.Duration(d).String() }
+
 // Config is the whole configuration of one bridge process.
 type Config struct {
-	Listen              string        `env:"LISTEN" envDefault:"127.0.0.1:8080"`
-	RedisURL            string        `env:"REDIS_URL"`
-	RedisUsername       string        `env:"REDIS_USERNAME"`
-	RedisPassword       string        `env:"REDIS_PASSWORD"`
-	RedisPasswordFile   string        `env:"REDIS_PASSWORD_FILE"`
-	RedisTLSCA          string        `env:"REDIS_TLS_CA"`
-	RedisTLSCert        string        `env:"REDIS_TLS_CERT"`
-	RedisTLSKey         string        `env:"REDIS_TLS_KEY"`
-	RedisSentinelMaster string        `env:"REDIS_SENTINEL_MASTER"`
-	Token               string        `env:"TOKEN"`
-	TokensFile          string        `env:"TOKENS_FILE"`
-	Auth                string        `env:"AUTH"`
-	TargetAllowCIDRs    string        `env:"TARGET_ALLOW_CIDRS"`
-	MaxBody             ByteSize      `env:"MAX_BODY" envDefault:"1MiB"`
-	MaxBatchBody        ByteSize      `env:"MAX_BATCH_BODY" envDefault:"16MiB"`
-	IdempotencyWindow   time.Duration `env:"IDEMPOTENCY_WINDOW" envDefault:"24h"`
-	SubscriptionsFile   string        `env:"SUBSCRIPTIONS_FILE"`
-	SecretKey           string        `env:"SECRET_KEY"`
-	ShutdownGrace       time.Duration `env:"SHUTDOWN_GRACE" envDefault:"30s"`
-	LogLevel            string        `env:"LOG_LEVEL" envDefault:"info"`
-	LogFormat           string        `env:"LOG_FORMAT" envDefault:"json"`
+	Listen              string   `env:"LISTEN" envDefault:"127.0.0.1:8080"`
+	RedisURL            string   `env:"REDIS_URL"`
+	RedisUsername       string   `env:"REDIS_USERNAME"`
+	RedisPassword       string   `env:"REDIS_PASSWORD"`
+	RedisPasswordFile   string   `env:"REDIS_PASSWORD_FILE"`
+	RedisTLSCA          string   `env:"REDIS_TLS_CA"`
+	RedisTLSCert        string   `env:"REDIS_TLS_CERT"`
+	RedisTLSKey         string   `env:"REDIS_TLS_KEY"`
+	RedisSentinelMaster string   `env:"REDIS_SENTINEL_MASTER"`
+	Token               string   `env:"TOKEN"`
+	TokensFile          string   `env:"TOKENS_FILE"`
+	Auth                string   `env:"AUTH"`
+	TargetAllowCIDRs    string   `env:"TARGET_ALLOW_CIDRS"`
+	MaxBody             ByteSize `env:"MAX_BODY" envDefault:"1MiB"`
+	MaxBatchBody        ByteSize `env:"MAX_BATCH_BODY" envDefault:"16MiB"`
+	IdempotencyWindow   Duration `env:"IDEMPOTENCY_WINDOW" envDefault:"24h"`
+	SubscriptionsFile   string   `env:"SUBSCRIPTIONS_FILE"`
+	SecretKey           string   `env:"SECRET_KEY"`
+	ShutdownGrace       Duration `env:"SHUTDOWN_GRACE" envDefault:"30s"`
+	LogLevel            string   `env:"LOG_LEVEL" envDefault:"info"`
+	LogFormat           string   `env:"LOG_FORMAT" envDefault:"json"`
 }
 
 // Load reads the configuration from environ (os.Environ() form) and validates it. Every
@@ -115,10 +133,10 @@ func (c *Config) Validate() error {
 	if c.OpenWithoutToken() && c.Auth != "none" && !isLoopback(host) {
 		return fmt.Errorf("BRIDGE_TOKEN: a token (or BRIDGE_TOKENS_FILE) is required when BRIDGE_LISTEN (%s) is not a loopback address; set BRIDGE_AUTH=none to run an open API deliberately", c.Listen)
 	}
-	if c.ShutdownGrace < 0 || c.ShutdownGrace > time.Hour {
+	if c.ShutdownGrace < 0 || c.ShutdownGrace > Duration(time.Hour) {
 		return fmt.Errorf("BRIDGE_SHUTDOWN_GRACE: %s out of range (0 to 1h)", c.ShutdownGrace)
 	}
-	if c.IdempotencyWindow < time.Second || c.IdempotencyWindow > 30*24*time.Hour {
+	if c.IdempotencyWindow < Duration(time.Second) || c.IdempotencyWindow > Duration(30*24*time.Hour) {
 		return fmt.Errorf("BRIDGE_IDEMPOTENCY_WINDOW: %s out of range (1s to 720h)", c.IdempotencyWindow)
 	}
 	if c.MaxBatchBody < c.MaxBody {

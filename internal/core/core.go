@@ -20,16 +20,29 @@ var (
 	// ErrNoGroup: a subscription's consumer group does not exist; the stream was deleted or
 	// flushed, or the subscription was deleted meanwhile. Only the caller can tell which.
 	ErrNoGroup = errors.New("consumer group does not exist")
+	// ErrGone: the subscription a settlement belongs to was deleted (or deleted and created
+	// again) meanwhile; nothing was written.
+	ErrGone = errors.New("subscription no longer exists")
 )
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$`)
 
+// ReservedPrefix begins every key and channel the bridge keeps for itself. A subject,
+// pattern or subscription name with it could overwrite the registry or read internal
+// channels, so none may begin with it.
+const ReservedPrefix = "bridge:"
+
 // ValidSubject reports whether s is a subject (and stream key) the bridge accepts.
 // The rule excludes braces, so a subject can always be used as a cluster hash tag.
-func ValidSubject(s string) bool { return nameRE.MatchString(s) }
+func ValidSubject(s string) bool {
+	return nameRE.MatchString(s) && !strings.HasPrefix(s, ReservedPrefix)
+}
 
 // ValidName reports whether s is a valid subscription name (same rule as subjects).
-func ValidName(s string) bool { return nameRE.MatchString(s) }
+func ValidName(s string) bool { return ValidSubject(s) }
+
+// SubjectRule describes what ValidSubject accepts, for error messages.
+const SubjectRule = "subjects and names match ^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$ and do not begin with \"bridge:\" (the bridge's own keys)"
 
 // Header names the bridge reads and writes (ruststream-fred's names where they exist).
 const (
@@ -38,6 +51,7 @@ const (
 	HeaderPartitionKey     = "redis-partition-key"
 	HeaderDeadLetterReason = "x-dead-letter-reason"
 	HeaderContentType      = "content-type"
+	HeaderContentEncoding  = "content-encoding"
 	HeaderTraceparent      = "traceparent"
 	HeaderTracestate       = "tracestate"
 )
@@ -130,6 +144,17 @@ type DeadLetter struct {
 	LastError  string
 	Deliveries int
 	At         time.Time
+	// Size is the whole body's size; Truncated says Body holds only its start (listings).
+	Size      int
+	Truncated bool
+}
+
+// DeadLetterPage is one page of a dead-letter listing.
+type DeadLetterPage struct {
+	DeadLetters []DeadLetter
+	// More is true when the listing stopped at its limit or byte budget: the next page
+	// starts after the last entry (and may turn out empty).
+	More bool
 }
 
 // GroupStats are the Redis-side figures of one subscription.
@@ -186,4 +211,28 @@ type SharedStats struct {
 	LastStatus                                       int
 	LastError                                        string
 	LastAt                                           time.Time
+}
+
+// ScheduledMove is what one pass over the scheduled messages did.
+type ScheduledMove struct {
+	Moved int
+	// Dropped are scheduled messages whose subject can no longer take them (its key now
+	// holds another type): removed once instead of being retried forever.
+	Dropped []DroppedScheduled
+	// Next is when the earliest remaining message comes due (zero if none).
+	Next time.Time
+}
+
+// DroppedScheduled names a scheduled message that was dropped and why.
+type DroppedScheduled struct {
+	ID, Subject string
+	Err         error
+}
+
+// ProcessState is what a bridge process last reported about itself.
+type ProcessState struct {
+	// Version is the subscription registry version it has applied.
+	Version int64
+	// At is when it reported.
+	At time.Time
 }

@@ -14,19 +14,22 @@ import (
 
 // Defaults of Subscription fields (SPEC §4).
 const (
-	DefaultTransport      = "stream"
-	DefaultStart          = "new"
-	DefaultMaxDeliveries  = 5
-	DefaultMinBackoff     = time.Second
-	DefaultMaxBackoff     = 10 * time.Minute
-	DefaultTimeout        = 30 * time.Second
-	DefaultMaxInFlight    = 16
-	MaxMaxInFlight        = 1024
-	MaxMaxDeliveries      = 1000
-	MaxTimeout            = 15 * time.Minute
-	MaxStaticHeaders      = 32
-	MaxStaticHeaderValue  = 4096
-	MaxRetryAfter         = time.Hour
+	DefaultTransport     = "stream"
+	DefaultStart         = "new"
+	DefaultMaxDeliveries = 5
+	DefaultMinBackoff    = time.Second
+	DefaultMaxBackoff    = 10 * time.Minute
+	DefaultTimeout       = 30 * time.Second
+	DefaultMaxInFlight   = 16
+	MaxMaxInFlight       = 1024
+	MaxMaxDeliveries     = 1000
+	MaxTimeout           = 15 * time.Minute
+	MaxStaticHeaders     = 32
+	MaxStaticHeaderValue = 4096
+	MaxRetryAfter        = time.Hour
+	// MaxURLLength bounds a webhook URL: longer ones are mistakes or abuse, and the URL is
+	// stored, logged and sent on every push.
+	MaxURLLength          = 2048
 	DefaultListMode       = "reliable"
 	DefaultPubSubMode     = "classic"
 	visibilityTimeoutMult = 2
@@ -139,6 +142,10 @@ type RetryInput struct {
 	MaxBackoff *Duration `json:"max_backoff"`
 }
 
+// Incarnation tells this subscription apart from an earlier one of the same name: it stays
+// the same when the subscription is replaced, and changes when it is deleted and created again.
+func (s *Subscription) Incarnation() string { return strconv.FormatInt(s.CreatedAt.UnixNano(), 10) }
+
 // Secrets returns the secrets that sign a push at now: the current one, and the previous one
 // while its rotation overlap lasts.
 func (s *Subscription) Secrets(now time.Time) []string {
@@ -179,6 +186,9 @@ func (in *SubscriptionInput) Build(name string) (*Subscription, error) {
 	}
 	if s.URL == "" {
 		return nil, &FieldError{"url", "required"}
+	}
+	if len(s.URL) > MaxURLLength {
+		return nil, &FieldError{"url", fmt.Sprintf("at most %d bytes", MaxURLLength)}
 	}
 	if s.Transport == "" {
 		s.Transport = DefaultTransport
@@ -223,11 +233,11 @@ func (in *SubscriptionInput) Build(name string) (*Subscription, error) {
 		return nil, &FieldError{"transport", "must be \"stream\", \"list\" or \"pubsub\""}
 	}
 	if s.Pattern {
-		if !patternRE.MatchString(s.Subject) {
-			return nil, &FieldError{"subject", "a pattern is 1 to 200 of A-Z a-z 0-9 _ . : - and the glob characters * ? [ ] ^"}
+		if !patternRE.MatchString(s.Subject) || strings.HasPrefix(s.Subject, ReservedPrefix) {
+			return nil, &FieldError{"subject", "a pattern is 1 to 200 of A-Z a-z 0-9 _ . : - and the glob characters * ? [ ] ^, not beginning with \"bridge:\""}
 		}
 	} else if !ValidSubject(s.Subject) {
-		return nil, &FieldError{"subject", "must match ^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"}
+		return nil, &FieldError{"subject", SubjectRule}
 	}
 	if s.Ordered && s.Transport != "stream" {
 		return nil, &FieldError{"ordered", "ordered delivery needs the stream transport"}

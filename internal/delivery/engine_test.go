@@ -26,7 +26,7 @@ func TestVerdictTable(t *testing.T) {
 		408: delivery.Requeue, 425: delivery.Requeue, 429: delivery.Requeue,
 		410: delivery.Gone,
 		500: delivery.Requeue, 502: delivery.Requeue, 503: delivery.Requeue, 504: delivery.Requeue, 599: delivery.Requeue,
-		100: delivery.Drop,
+		100: delivery.Requeue, 101: delivery.Requeue, 103: delivery.Requeue,
 	}
 	for status, want := range cases {
 		if got := delivery.Verdict(status); got != want {
@@ -35,7 +35,9 @@ func TestVerdictTable(t *testing.T) {
 	}
 }
 
-// The engine starts, delivers, and after Shutdown leaves no goroutine behind.
+// The engine starts, delivers on every kind of subscription (stream, ordered stream,
+// reliable and simple list, Pub/Sub), and after Shutdown leaves no goroutine behind: lease
+// keepers, heartbeats and Pub/Sub receivers included.
 func TestEngineDeliversAndStopsCleanly(t *testing.T) {
 	// Registered first, so it runs after every other cleanup (the Redis server's included).
 	t.Cleanup(func() { goleak.VerifyNone(t) })
@@ -48,27 +50,51 @@ func TestEngineDeliversAndStopsCleanly(t *testing.T) {
 		w.WriteHeader(204)
 	}))
 	defer recv.Close()
-	secret, _ := webhook.NewSecret()
-	in := core.SubscriptionInput{Subject: "leak", URL: recv.URL, Secret: secret}
-	s, err := in.Build("leak")
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
-	if _, err := b.EnsureGroup(ctx, s.Subject, s.Name, s.Start); err != nil {
-		t.Fatal(err)
+	kinds := map[string]core.SubscriptionInput{
+		"stream":  {Subject: "leak", URL: recv.URL},
+		"ordered": {Subject: "leak-ordered", URL: recv.URL, Ordered: true},
+		"list":    {Subject: "leak-list", URL: recv.URL, Transport: "list"},
+		"simple":  {Subject: "leak-simple", URL: recv.URL, Transport: "list", ListMode: "simple"},
+		"pubsub":  {Subject: "leak-pubsub", URL: recv.URL, Transport: "pubsub"},
 	}
-	if _, err := b.PutSubscription(ctx, s); err != nil {
-		t.Fatal(err)
-	}
-	e := delivery.New(b, delivery.Options{RegistryPoll: 50 * time.Millisecond, Block: 100 * time.Millisecond})
-	e.Start()
-	for range 20 {
-		if _, err := b.Publish(ctx, "leak", []byte("x"), nil); err != nil {
+	for name, in := range kinds {
+		in.Secret, _ = webhook.NewSecret()
+		s, err := in.Build(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Transport == "stream" {
+			if _, err := b.EnsureGroup(ctx, s.Subject, s.Name, s.Start); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := b.MarkLive(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := b.PutSubscription(ctx, s); err != nil {
 			t.Fatal(err)
 		}
 	}
-	redistest.Eventually(t, 10*time.Second, func() bool { return got.Load() == 20 }, "delivered %d of 20", got.Load())
+	e := delivery.New(b, delivery.Options{RegistryPoll: 50 * time.Millisecond, Block: 100 * time.Millisecond})
+	e.Start()
+	time.Sleep(300 * time.Millisecond) // Pub/Sub subscribed
+	for range 20 {
+		for _, subject := range []string{"leak", "leak-ordered"} {
+			if _, err := b.Publish(ctx, subject, []byte("x"), map[string]string{"redis-partition-key": "k"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, subject := range []string{"leak-list", "leak-simple"} {
+			if _, err := b.PublishList(ctx, subject, []byte("x"), nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, _, err := b.PublishPubSub(ctx, "leak-pubsub", []byte("x"), nil, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	redistest.Eventually(t, 10*time.Second, func() bool { return got.Load() == 100 }, "delivered %d of 100", got.Load())
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := e.Shutdown(sctx); err != nil {
@@ -77,8 +103,10 @@ func TestEngineDeliversAndStopsCleanly(t *testing.T) {
 	if err := e.Shutdown(sctx); err != nil {
 		t.Fatal("second Shutdown:", err)
 	}
-	if st := e.LocalStats("leak"); st.Delivered != 20 || st.InFlight != 0 {
-		t.Fatalf("stats %+v", st)
+	for name := range kinds {
+		if st := e.LocalStats(name); st.Delivered != 20 || st.InFlight != 0 {
+			t.Fatalf("%s: stats %+v", name, st)
+		}
 	}
 	client.Close()
 	recv.Close()

@@ -1,7 +1,6 @@
 package delivery
 
 import (
-	"context"
 	"sync"
 	"time"
 
@@ -132,7 +131,7 @@ func (g *orderGate) backlog() int {
 // releaseLease hands the lease on once this runner's pushes are over, so the next holder
 // starts with nothing of this runner in flight.
 func (r *runner) releaseLease() {
-	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	ctx, cancel := r.e.redisCtx(settleTimeout)
 	defer cancel()
 	if err := r.e.b.ReleaseLease(ctx, r.sub, r.consumer); err != nil {
 		r.log.Warn("could not release the lease; another process takes over when it lapses", zap.Error(err))
@@ -147,7 +146,7 @@ func (r *runner) lead(done <-chan struct{}) {
 	t := time.NewTicker(max(vt/4, 50*time.Millisecond))
 	defer t.Stop()
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+		ctx, cancel := r.e.redisCtx(settleTimeout)
 		mine, err := r.e.b.HoldLease(ctx, r.sub, r.consumer, vt)
 		if err == nil && mine && !r.leading.Load() {
 			keys, kerr := r.e.b.RetryingKeys(ctx, r.sub)

@@ -58,8 +58,7 @@ type pushResult struct {
 
 // push sends m to the subscription's webhook once. It returns aborted=true when the push
 // was cut by a shutdown past its grace: the message is then left unsettled for reclaim.
-func (r *runner) push(abortCtx context.Context, m *core.Message) (res pushResult, aborted bool) {
-	s := r.sub
+func (r *runner) push(abortCtx context.Context, s *core.Subscription, m *core.Message) (res pushResult, aborted bool) {
 	ctx, cancel := context.WithTimeout(abortCtx, time.Duration(s.Timeout))
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.URL, bytes.NewReader(m.Body))
@@ -85,7 +84,7 @@ func (r *runner) push(abortCtx context.Context, m *core.Message) (res pushResult
 	h["User-Agent"] = []string{"bridge/1"}
 	h["Webhook-Id"] = []string{m.ID}
 	h["Webhook-Timestamp"] = []string{strconv.FormatInt(now.Unix(), 10)}
-	h["Webhook-Signature"] = []string{r.currentSigner(now).Sign(m.ID, now, m.Body)}
+	h["Webhook-Signature"] = []string{r.live.currentSigner(now).Sign(m.ID, now, m.Body)}
 	h["Redis-Delivery-Count"] = []string{strconv.Itoa(m.Deliveries)}
 	if m.IdleMS > 0 {
 		h["Redis-Idle-Ms"] = []string{strconv.FormatInt(m.IdleMS, 10)}
@@ -103,6 +102,14 @@ func (r *runner) push(abortCtx context.Context, m *core.Message) (res pushResult
 		return res, false
 	}
 	res.status = resp.StatusCode
+	if res.status < 200 {
+		// A final 1xx (101 Switching Protocols: the client hands over the raw connection,
+		// which no longer watches ctx) acknowledges nothing. Reading its "body" could wait
+		// forever, so it is closed unread and counted as a failed attempt.
+		_ = resp.Body.Close()
+		res.errText = fmt.Sprintf("HTTP %d: a final informational answer is not an acknowledgement", res.status)
+		return res, false
+	}
 	res.retryAfter = resp.Header.Get("Retry-After")
 	var excerpt []byte
 	if res.status < 200 || res.status >= 300 {

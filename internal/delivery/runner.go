@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/bridge-dev/bridge/internal/core"
-	"github.com/bridge-dev/bridge/internal/webhook"
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 )
@@ -91,15 +90,16 @@ const maxAckBatch = 512
 
 // runner delivers one subscription with one immutable configuration.
 type runner struct {
-	e      *Engine
-	sub    *core.Subscription
-	signer atomic.Pointer[webhook.Signer]
-	// signerUntil is when the current signer's set of secrets changes (a rotation's end), or zero.
-	signerUntil time.Time
-	signerAged  atomic.Bool
-	limiter     *rate.Limiter
-	stats       *Stats
-	log         *zap.Logger
+	e *Engine
+	// sub is the configuration the runner reads with; live holds the one pushes use.
+	sub     *core.Subscription
+	live    *liveSub
+	limiter *rate.Limiter
+	// credit is rate-limit tokens the producer took but has not used yet (at most the
+	// limiter's burst); owned by the producer goroutine.
+	credit int
+	stats  *Stats
+	log    *zap.Logger
 
 	// gate keeps an ordered subscription's partition keys in order (nil when not ordered);
 	// leading says whether this runner holds the subscription's delivery lease.
@@ -117,34 +117,32 @@ type runner struct {
 
 	stopOnce sync.Once
 	stopCh   chan struct{}
-	slots    chan struct{} // one token per free push slot (max_in_flight)
-	jobs     chan core.Message
-	acks     chan string
+	// producerDone is closed once the runner reads nothing more from Redis.
+	producerDone chan struct{}
+	// stopCtx is cancelled with stopCh, for waits that take a context.
+	stopCtx    context.Context
+	cancelStop context.CancelFunc
+	slots      chan struct{} // one token per free push slot (max_in_flight)
+	jobs       chan core.Message
+	acks       chan string
 }
 
-func newRunner(e *Engine, s *core.Subscription, st *Stats) (*runner, error) {
-	now := time.Now()
-	signer, err := webhook.NewSigner(s.Secrets(now)...)
-	if err != nil {
-		return nil, err
-	}
+func newRunner(e *Engine, s *core.Subscription, l *liveSub) *runner {
 	r := &runner{
-		e: e, sub: s, stats: st,
-		log:    e.log.With(zap.String("subscription", s.Name), zap.String("subject", s.Subject)),
-		stopCh: make(chan struct{}),
-		slots:  make(chan struct{}, s.MaxInFlight),
+		e: e, sub: s, live: l, stats: l.stats,
+		log:          e.log.With(zap.String("subscription", s.Name), zap.String("subject", s.Subject)),
+		stopCh:       make(chan struct{}),
+		producerDone: make(chan struct{}),
+		slots:        make(chan struct{}, s.MaxInFlight),
 		// Unbuffered: a message is only read after a slot (and so a worker) is free for it.
 		jobs: make(chan core.Message),
 		// Sized to max_in_flight so a worker never waits on the acker.
 		acks: make(chan string, s.MaxInFlight),
 	}
-	r.signer.Store(signer)
+	r.stopCtx, r.cancelStop = context.WithCancel(context.Background())
 	r.consumer = fmt.Sprintf("%s-%d", e.consumer, e.generation.Add(1))
 	if s.Ordered {
 		r.gate = newOrderGate()
-	}
-	if s.PreviousSecretUntil != nil && now.Before(*s.PreviousSecretUntil) {
-		r.signerUntil = *s.PreviousSecretUntil
 	}
 	if s.RateLimit > 0 {
 		r.limiter = rate.NewLimiter(rate.Limit(s.RateLimit), max(1, int(s.RateLimit/10)))
@@ -152,7 +150,7 @@ func newRunner(e *Engine, s *core.Subscription, st *Stats) (*runner, error) {
 	for range s.MaxInFlight {
 		r.slots <- struct{}{}
 	}
-	return r, nil
+	return r
 }
 
 func (r *runner) start() {
@@ -180,6 +178,7 @@ func (r *runner) start() {
 		go func() { defer close(ackDone); r.ackLoop() }()
 		// Ordered stop: producers end, then workers drain what was read, then the acker flushes.
 		producers.Wait()
+		close(r.producerDone)
 		close(r.jobs)
 		workers.Wait()
 		close(r.acks)
@@ -190,7 +189,7 @@ func (r *runner) start() {
 		if r.sub.Transport == "list" && r.sub.ListMode != "simple" {
 			// Whatever a cut push left in this runner's processing list goes back to the
 			// queue now rather than after the visibility timeout.
-			ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+			ctx, cancel := r.e.redisCtx(settleTimeout)
 			if err := r.e.b.ReleaseList(ctx, r.sub, r.consumer); err != nil {
 				r.log.Warn("could not release the processing list; it is recovered after the visibility timeout", zap.Error(err))
 			}
@@ -201,20 +200,10 @@ func (r *runner) start() {
 	r.log.Info("subscription delivering", zap.Int("max_in_flight", r.sub.MaxInFlight))
 }
 
-// currentSigner signs with the secrets valid now: once a rotation's overlap ends, the old
-// secret stops signing without waiting for a configuration change.
-func (r *runner) currentSigner(now time.Time) *webhook.Signer {
-	if !r.signerUntil.IsZero() && !now.Before(r.signerUntil) && r.signerAged.CompareAndSwap(false, true) {
-		if s, err := webhook.NewSigner(r.sub.Secrets(now)...); err == nil {
-			r.signer.Store(s)
-		}
-	}
-	return r.signer.Load()
-}
-
 func (r *runner) stopReading() {
 	r.stopOnce.Do(func() {
 		close(r.stopCh)
+		r.cancelStop()
 	})
 }
 
@@ -262,9 +251,19 @@ func (r *runner) loop() {
 	reclaimEvery := min(max(vt/4, 250*time.Millisecond), 5*time.Second)
 	nextReclaim := time.Now()
 	if r.gate != nil {
+		// The lease is kept only while this producer reads; it is waited for, so it can
+		// never be renewed after releaseLease gave it up.
 		done := make(chan struct{})
-		defer close(done)
-		go r.lead(done)
+		var leader sync.WaitGroup
+		leader.Add(1)
+		go func() {
+			defer leader.Done()
+			r.lead(done)
+		}()
+		defer func() {
+			close(done)
+			leader.Wait()
+		}()
 	}
 	// An ordered subscription holds back later messages of a busy key; past this many it
 	// stops reading until keys drain.
@@ -284,7 +283,7 @@ func (r *runner) loop() {
 			// Just became the holder: take every entry other runners left pending first,
 			// oldest first, before reading anything new.
 			want := n - used
-			ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+			ctx, cancel := r.e.redisCtx(settleTimeout)
 			rc, err := r.e.b.ReclaimOthers(ctx, r.sub, r.consumer, 0, want)
 			cancel()
 			if err == nil && len(rc.Messages)+len(rc.Lost) < want {
@@ -294,7 +293,7 @@ func (r *runner) loop() {
 		}
 		if !now.Before(nextPrune) {
 			nextPrune = now.Add(10 * time.Minute)
-			ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+			ctx, cancel := r.e.redisCtx(settleTimeout)
 			if n, err := r.e.b.PruneConsumers(ctx, r.sub, consumerIdleLimit); err == nil && n > 0 {
 				r.log.Info("removed idle consumers that held nothing from the group", zap.Int("count", n))
 			}
@@ -302,7 +301,7 @@ func (r *runner) loop() {
 		}
 		if !now.Before(nextReclaim) {
 			nextReclaim = now.Add(reclaimEvery)
-			ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+			ctx, cancel := r.e.redisCtx(settleTimeout)
 			reclaim := r.e.b.Reclaim
 			if r.gate != nil {
 				reclaim = r.e.b.ReclaimOthers
@@ -329,7 +328,7 @@ func (r *runner) loop() {
 		}
 		// Not cancelled by a stop: entries Redis hands out must reach a worker, and the
 		// short block bounds how long a stop waits for this call.
-		ctx, cancel := context.WithTimeout(context.Background(), r.e.opts.Block+settleTimeout)
+		ctx, cancel := r.e.redisCtx(r.e.opts.Block + settleTimeout)
 		msgs, err := r.e.b.Read(ctx, r.sub, r.readConsumer(), n-used, r.readBlock(true))
 		cancel()
 		if errors.Is(err, core.ErrNoGroup) {
@@ -358,12 +357,20 @@ func (r *runner) readConsumer() string {
 func (r *runner) produce(what string, round func(n int) (used int, err error)) {
 	var errs errThrottle
 	for {
-		n := r.acquire(r.sub.MaxInFlight, true)
+		slots := r.acquire(r.sub.MaxInFlight, true)
+		if slots == 0 {
+			return
+		}
+		n := r.throttle(slots)
 		if n == 0 {
+			r.release(slots)
 			return
 		}
 		used, err := round(n)
-		r.release(n - used)
+		if r.limiter != nil {
+			r.credit -= used
+		}
+		r.release(slots - used)
 		if err != nil {
 			if r.stopping() {
 				return
@@ -374,6 +381,27 @@ func (r *runner) produce(what string, round func(n int) (used int, err error)) {
 		}
 		errs.ok(r.log, "reading "+what+" again")
 	}
+}
+
+// throttle limits a round to the rate-limit tokens at hand: it waits for one when it has
+// none and takes more only while they are free, never beyond the limiter's burst. Taking
+// them before reading is what keeps a rate-limited subscription from holding entries it
+// cannot push yet; one held past the visibility timeout would be reclaimed and pushed
+// twice. It returns 0 when the runner stops.
+func (r *runner) throttle(n int) int {
+	if r.limiter == nil {
+		return n
+	}
+	if r.credit == 0 {
+		if err := r.limiter.Wait(r.stopCtx); err != nil {
+			return 0
+		}
+		r.credit = 1
+	}
+	for r.credit < min(n, r.limiter.Burst()) && r.limiter.Allow() {
+		r.credit++
+	}
+	return min(r.credit, n)
 }
 
 // readBlock is how long a read may wait for new messages: until the next retry is due when
@@ -393,7 +421,7 @@ func (r *runner) readBlock(retries bool) time.Duration {
 // whatever stream exists now, so nothing published since is missed. If it was deleted (or
 // replaced), the group is gone on purpose and this runner just stops reading.
 func (r *runner) recreateGroup() error {
-	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	ctx, cancel := r.e.redisCtx(settleTimeout)
 	defer cancel()
 	cur, err := r.e.b.GetSubscription(ctx, r.sub.Name)
 	if errors.Is(err, core.ErrNotFound) || (err == nil && (cur.Subject != r.sub.Subject || !cur.CreatedAt.Equal(r.sub.CreatedAt))) {
@@ -449,42 +477,53 @@ func (r *runner) send(msgs []core.Message) int {
 
 func (r *runner) handle(m *core.Message) result {
 	log := r.log
-	if m.Deliveries > r.sub.MaxDeliveries {
+	// The configuration in force now, not the one this runner started with: a change
+	// answered 2xx applies to every push that starts after it.
+	cfg := r.live.sub.Load()
+	if r.live.gone.Load() || cfg.Paused {
+		// Deleted or paused after this message was read: not pushed. It stays pending
+		// (reclaimed after the visibility timeout once delivery resumes).
+		return unsettled
+	}
+	if m.Deliveries > cfg.MaxDeliveries {
 		// Reclaimed after its consumer died mid-push as often as it may be delivered: a
 		// poison message must not crash-loop the fleet.
-		return r.deadLetter(m, core.ReasonMaxDeliveries, 0, "delivery count exceeded max_deliveries before a push could complete")
+		return r.deadLetter(cfg, m, core.ReasonMaxDeliveries, 0, "delivery count exceeded max_deliveries before a push could complete")
 	}
-	if r.limiter != nil {
+	if r.limiter != nil && r.sub.Transport == "pubsub" {
+		// Pub/Sub messages arrive unasked; read paths take their tokens before reading
+		// (see throttle), so nothing they read waits here.
 		if err := r.limiter.Wait(r.e.abortCtx); err != nil {
-			return unsettled // shutdown past grace: leave it for reclaim
+			return unsettled // shutdown past grace
 		}
 	}
-	res, aborted := r.push(r.e.abortCtx, m)
+	res, aborted := r.push(r.e.abortCtx, cfg, m)
 	if aborted {
 		return unsettled
 	}
 	outcome := Verdict(res.status)
 	r.stats.record(res.status, res.errText)
-	r.e.metrics.Pushed(r.sub.Name, res.status, outcomeLabel(outcome, m.Deliveries >= r.sub.MaxDeliveries || m.Origin == core.Unsettled, r.sub.Transport == "pubsub"), res.latency)
+	r.e.metrics.Pushed(cfg.Name, res.status, outcomeLabel(outcome, m.Deliveries >= cfg.MaxDeliveries || m.Origin == core.Unsettled, r.sub.Transport == "pubsub"), res.latency)
 	if ce := log.Check(zap.DebugLevel, "pushed"); ce != nil {
 		ce.Write(zap.String("message_id", m.ID), zap.Int("status", res.status), zap.Int("delivery", m.Deliveries),
 			zap.Stringer("outcome", outcome), zap.Duration("latency", res.latency))
 	}
 	if m.Origin == core.Unsettled && outcome != Ack {
-		r.settleAtMostOnce(m, outcome, res)
+		r.settleAtMostOnce(cfg, m, outcome, res)
 		return settled
 	}
 	switch outcome {
 	case Ack:
-		return r.ack(m)
+		return r.ack(cfg, m)
 	case Requeue:
-		if m.Deliveries >= r.sub.MaxDeliveries {
-			return r.deadLetter(m, core.ReasonMaxDeliveries, res.status, res.errText)
+		if m.Deliveries >= cfg.MaxDeliveries {
+			return r.deadLetter(cfg, m, core.ReasonMaxDeliveries, res.status, res.errText)
 		}
-		due := time.Now().Add(retryDelay(r.sub, m.Deliveries, res.retryAfter, time.Now()))
-		ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
-		err := r.e.b.Retry(ctx, r.sub, m, due)
-		cancel()
+		due := time.Now().Add(retryDelay(cfg, m.Deliveries, res.retryAfter, time.Now()))
+		err := r.write(func(ctx context.Context) error { return r.e.b.Retry(ctx, cfg, m, due) })
+		if errors.Is(err, core.ErrGone) {
+			return settled // its subscription was deleted: nothing of it may be written
+		}
 		if err != nil {
 			log.Warn("could not schedule retry; the message stays pending and will be reclaimed",
 				zap.String("message_id", m.ID), zap.Error(err))
@@ -498,12 +537,25 @@ func (r *runner) handle(m *core.Message) result {
 	if outcome == Gone {
 		defer r.pauseGone()
 	}
-	return r.deadLetter(m, core.ReasonDropped, res.status, res.errText)
+	return r.deadLetter(cfg, m, core.ReasonDropped, res.status, res.errText)
+}
+
+// write runs one settlement that writes the subscription's keys. When Redis says the
+// subscription is not the live one, it checks: a live subscription without its marker gets
+// it back and the write is tried again; core.ErrGone means it was really deleted.
+func (r *runner) write(op func(ctx context.Context) error) error {
+	ctx, cancel := r.e.redisCtx(settleTimeout)
+	defer cancel()
+	err := op(ctx)
+	if errors.Is(err, core.ErrGone) && !r.e.confirmGone(ctx, r.live) {
+		err = op(ctx)
+	}
+	return err
 }
 
 func (r *runner) pauseGone() {
 	reason := "webhook answered 410 Gone"
-	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	ctx, cancel := r.e.redisCtx(settleTimeout)
 	err := r.e.b.PauseSubscription(ctx, r.sub.Name, reason)
 	cancel()
 	if err != nil {
@@ -516,7 +568,7 @@ func (r *runner) pauseGone() {
 // settleAtMostOnce handles a failed push of a message nothing in Redis holds any more: a
 // simple list's is dead-lettered (its one delivery is spent), a Pub/Sub message's failure
 // is only counted and logged.
-func (r *runner) settleAtMostOnce(m *core.Message, outcome Outcome, res pushResult) {
+func (r *runner) settleAtMostOnce(cfg *core.Subscription, m *core.Message, outcome Outcome, res pushResult) {
 	if outcome == Gone {
 		defer r.pauseGone()
 	}
@@ -529,10 +581,10 @@ func (r *runner) settleAtMostOnce(m *core.Message, outcome Outcome, res pushResu
 	if outcome == Requeue {
 		reason = core.ReasonMaxDeliveries
 	}
-	_ = r.deadLetter(m, reason, res.status, res.errText)
+	_ = r.deadLetter(cfg, m, reason, res.status, res.errText)
 }
 
-func (r *runner) ack(m *core.Message) result {
+func (r *runner) ack(cfg *core.Subscription, m *core.Message) result {
 	r.stats.Delivered.Add(1)
 	switch m.Origin {
 	case core.FromStream:
@@ -542,18 +594,18 @@ func (r *runner) ack(m *core.Message) result {
 	case core.Unsettled:
 		return settled
 	case core.FromList:
-		ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+		ctx, cancel := r.e.redisCtx(settleTimeout)
 		defer cancel()
-		if err := r.e.b.AckList(ctx, r.sub, m); err != nil {
+		if err := r.e.b.AckList(ctx, cfg, m); err != nil {
 			r.log.Warn("could not ack list message; it will be delivered again after recovery",
 				zap.String("message_id", m.ID), zap.Error(err))
 			return unsettled
 		}
 		return settled
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	ctx, cancel := r.e.redisCtx(settleTimeout)
 	defer cancel()
-	if err := r.e.b.AckRetries(ctx, r.sub, m.ID); err != nil {
+	if err := r.e.b.AckRetries(ctx, cfg, m.ID); err != nil {
 		r.log.Warn("could not ack retried message; it will be delivered again after the visibility timeout",
 			zap.String("message_id", m.ID), zap.Error(err))
 		return unsettled
@@ -561,10 +613,12 @@ func (r *runner) ack(m *core.Message) result {
 	return settled
 }
 
-func (r *runner) deadLetter(m *core.Message, reason string, status int, errText string) result {
-	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
-	defer cancel()
-	err := r.e.b.DeadLetter(ctx, r.sub, m, core.DeadLetterInfo{Reason: reason, LastStatus: status, LastError: errText, At: time.Now()})
+func (r *runner) deadLetter(cfg *core.Subscription, m *core.Message, reason string, status int, errText string) result {
+	info := core.DeadLetterInfo{Reason: reason, LastStatus: status, LastError: errText, At: time.Now()}
+	err := r.write(func(ctx context.Context) error { return r.e.b.DeadLetter(ctx, cfg, m, info) })
+	if errors.Is(err, core.ErrGone) {
+		return settled // its subscription was deleted: nothing of it may be written
+	}
 	if err != nil {
 		r.log.Warn("could not dead-letter; the message stays pending and will be reclaimed",
 			zap.String("message_id", m.ID), zap.Error(err))
@@ -599,22 +653,32 @@ func (r *runner) ackLoop() {
 }
 
 // flushAcks retries an XACK for a while: a lost ack means a duplicate push later, never a
-// loss, but a short Redis blip should not cause one.
+// loss, but a short Redis blip should not cause one. The retries end with the shutdown's
+// grace (abortCtx), and the acks of a deleted subscription are dropped: its group is gone,
+// and one created again under the same name must not see them.
 func (r *runner) flushAcks(ids []string) {
 	deadline := time.Now().Add(time.Duration(r.sub.VisibilityTimeout) / 2)
 	for attempt := 0; ; attempt++ {
-		ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+		if r.live.gone.Load() {
+			return
+		}
+		ctx, cancel := r.e.redisCtx(settleTimeout)
 		err := r.e.b.Ack(ctx, r.sub.Subject, r.sub.Name, ids...)
 		cancel()
 		if err == nil {
 			return
 		}
-		if time.Now().After(deadline) || errors.Is(err, context.Canceled) {
+		if time.Now().After(deadline) || r.e.abortCtx.Err() != nil {
 			r.log.Warn("could not ack; these messages will be delivered again after the visibility timeout",
 				zap.Int("count", len(ids)), zap.Error(err))
 			return
 		}
-		time.Sleep(min(time.Duration(attempt+1)*100*time.Millisecond, time.Second))
+		t := time.NewTimer(min(time.Duration(attempt+1)*100*time.Millisecond, time.Second))
+		select {
+		case <-t.C:
+		case <-r.e.abortCtx.Done():
+			t.Stop()
+		}
 	}
 }
 

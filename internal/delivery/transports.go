@@ -1,7 +1,6 @@
 package delivery
 
 import (
-	"context"
 	"sync"
 	"time"
 
@@ -20,8 +19,16 @@ func (r *runner) listLoop() {
 		// never let the heartbeat go stale while this process still works on its list.
 		r.beat()
 		done := make(chan struct{})
-		defer close(done)
+		var beating sync.WaitGroup
+		beating.Add(1)
+		// Waited for: no heartbeat may follow this producer's end (the runner then gives its
+		// processing list back, and a late beat would make it look alive again).
+		defer func() {
+			close(done)
+			beating.Wait()
+		}()
 		go func() {
+			defer beating.Done()
 			t := time.NewTicker(max(vt/4, 50*time.Millisecond))
 			defer t.Stop()
 			for {
@@ -46,7 +53,7 @@ func (r *runner) listLoop() {
 			}
 			if !now.Before(nextRecover) {
 				nextRecover = now.Add(recoverEvery)
-				ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+				ctx, cancel := r.e.redisCtx(settleTimeout)
 				back, err := r.e.b.RecoverList(ctx, r.sub, vt)
 				cancel()
 				if back > 0 {
@@ -57,7 +64,7 @@ func (r *runner) listLoop() {
 				}
 			}
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), r.e.opts.Block+settleTimeout)
+		ctx, cancel := r.e.redisCtx(r.e.opts.Block + settleTimeout)
 		msgs, err := r.e.b.PopList(ctx, r.sub, r.consumer, n-used, r.readBlock(reliable))
 		cancel()
 		r.dispatch(msgs)
@@ -66,7 +73,7 @@ func (r *runner) listLoop() {
 }
 
 func (r *runner) beat() {
-	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	ctx, cancel := r.e.redisCtx(settleTimeout)
 	defer cancel()
 	if err := r.e.b.Heartbeat(ctx, r.sub, r.consumer); err != nil {
 		r.log.Debug("heartbeat failed", zap.Error(err))
@@ -78,7 +85,7 @@ func (r *runner) claimDueRetries(n int, now time.Time, lease time.Duration) (int
 	if now.Before(time.UnixMilli(r.nextRetry.Load())) {
 		return 0, nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	ctx, cancel := r.e.redisCtx(settleTimeout)
 	msgs, next, err := r.e.b.ClaimRetries(ctx, r.sub, now, lease, n)
 	cancel()
 	// Other processes schedule retries too: look again within RegistryPoll at most.
@@ -97,12 +104,7 @@ func (r *runner) claimDueRetries(n int, now time.Time, lease time.Duration) (int
 // connection) and hands each message to a worker. Pub/Sub is at-most-once: a message that
 // arrives while every slot is busy waits for one, and only one bridge process pushes it.
 func (r *runner) pubsubLoop() {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		<-r.stopCh
-		cancel()
-	}()
+	ctx := r.stopCtx
 	// The receive callback may still be running when a subscription ends; the lock keeps it
 	// from dispatching once this producer has returned (and jobs is closed).
 	var mu sync.RWMutex
@@ -120,7 +122,7 @@ func (r *runner) pubsubLoop() {
 			if closed || r.acquire(1, true) == 0 {
 				return
 			}
-			cctx, ccancel := context.WithTimeout(context.Background(), settleTimeout)
+			cctx, ccancel := r.e.redisCtx(settleTimeout)
 			mine, err := r.e.b.ClaimPubSub(cctx, r.sub, m.ID)
 			ccancel()
 			if err != nil || !mine {

@@ -37,10 +37,11 @@ func (o Outcome) String() string {
 }
 
 // Verdict applies SPEC §5's table to a push result: status is 0 when no response arrived
-// (timeout, connection or TLS error).
+// (timeout, connection or TLS error); a final 1xx counts as a failure like those.
 func Verdict(status int) Outcome {
 	switch {
-	case status == 0:
+	case status < 200:
+		// No answer, or a final 1xx (e.g. 101), which acknowledges nothing.
 		return Requeue
 	case status >= 200 && status < 300:
 		return Ack

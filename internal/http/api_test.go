@@ -26,7 +26,8 @@ import (
 
 type idleEngine struct{}
 
-func (idleEngine) Running() bool { return true }
+func (idleEngine) Running() bool                     { return true }
+func (idleEngine) Sync(context.Context, int64) error { return nil }
 
 func newAPI(t *testing.T, rs *redistest.Server) http.Handler {
 	t.Helper()
@@ -198,6 +199,18 @@ func TestBadRequestsWriteNothing(t *testing.T) {
 		{name: "forward webhook-id", method: "POST", path: "/v1/subjects/a/messages", body: "x", header: map[string]string{"Bridge-Forward-Webhook-Id": "x"}, status: 400, code: "invalid_header"},
 		{name: "forward content-length", method: "POST", path: "/v1/subjects/a/messages", body: "x", header: map[string]string{"Bridge-Forward-Content-Length": "1"}, status: 400, code: "invalid_header"},
 		{name: "wrong type key", method: "POST", path: "/v1/subjects/plain-string/messages", body: "x", status: 409, code: "wrong_type"},
+		{name: "delayed to wrong type key", method: "POST", path: "/v1/subjects/plain-string/messages", body: "x", header: map[string]string{"Bridge-Delay": "1h"}, status: 409, code: "wrong_type"},
+		{name: "batch delayed to wrong type key", method: "POST", path: "/v1/subjects/plain-string/batch", body: `{"messages":[{"data":1,"delay":"1h"}]}`, status: 202},
+		{name: "registry as subject", method: "POST", path: "/v1/subjects/bridge:subscriptions/messages", body: "x", status: 400, code: "invalid_subject"},
+		{name: "bridge key as list subject", method: "POST", path: "/v1/subjects/bridge:x/messages?transport=list", body: "x", status: 400, code: "invalid_subject"},
+		{name: "bridge channel as pubsub subject", method: "POST", path: "/v1/subjects/bridge:subscriptions:changed/messages?transport=pubsub", body: "x", status: 400, code: "invalid_subject"},
+		{name: "bridge batch subject", method: "POST", path: "/v1/subjects/bridge:subscriptions/batch", body: `{"messages":[{"data":1}]}`, status: 400, code: "invalid_subject"},
+		{name: "bridge name", method: "PUT", path: "/v1/subscriptions/bridge:subscriptions", body: sub(""), status: 400, code: "invalid_name"},
+		{name: "bridge subject", method: "PUT", path: "/v1/subscriptions/s", body: `{"subject":"bridge:subscriptions","url":"http://127.0.0.1:9/"}`, status: 400, code: "invalid_subscription"},
+		{name: "bridge pattern", method: "PUT", path: "/v1/subscriptions/s", body: `{"subject":"bridge:*","url":"http://127.0.0.1:9/","transport":"pubsub","pattern":true}`, status: 400, code: "invalid_subscription"},
+		{name: "trailing brace", method: "PUT", path: "/v1/subscriptions/s", body: sub("") + "}", status: 400, code: "invalid_json"},
+		{name: "trailing text", method: "PUT", path: "/v1/subscriptions/s", body: sub("") + " x", status: 400, code: "invalid_json"},
+		{name: "url too long", method: "PUT", path: "/v1/subscriptions/s", body: `{"subject":"orders","url":"http://127.0.0.1:9/` + strings.Repeat("a", 60000) + `"}`, status: 400, code: "invalid_subscription"},
 		{name: "bad name", method: "PUT", path: "/v1/subscriptions/-x", body: sub(""), status: 400, code: "invalid_name"},
 		{name: "not json", method: "PUT", path: "/v1/subscriptions/s", body: "{", status: 400, code: "invalid_json"},
 		{name: "unknown field", method: "PUT", path: "/v1/subscriptions/s", body: sub(`,"colour":"red"`), status: 400, code: "invalid_json"},
@@ -254,6 +267,8 @@ func TestSuccessfulResponsesMatchDocument(t *testing.T) {
 	for _, c := range []call{
 		{name: "healthz", method: "GET", path: "/healthz", status: 200},
 		{name: "readyz", method: "GET", path: "/readyz", status: 200},
+		{name: "healthz head", method: "HEAD", path: "/healthz", status: 200},
+		{name: "readyz head", method: "HEAD", path: "/readyz", status: 200},
 		{name: "openapi", method: "GET", path: "/openapi.yaml", status: 200},
 		{name: "metrics", method: "GET", path: "/metrics", status: 200},
 		{name: "create", method: "PUT", path: "/v1/subscriptions/s1", body: `{"subject":"orders","url":"http://127.0.0.1:9/","headers":{"Authorization":"Bearer fn"}}`, status: 201},
@@ -300,5 +315,30 @@ func TestSuccessfulResponsesMatchDocument(t *testing.T) {
 	groups, _ := rs.Do(t, "XINFO", "GROUPS", "orders").ToArray()
 	if len(keys) != 0 || len(fields) != 1 || fields[0] != "_version" || len(groups) != 0 {
 		t.Fatalf("after delete: keys %v, registry fields %v, %d groups", keys, fields, len(groups))
+	}
+}
+
+// /readyz is 503 while the registry cannot be read (its key holds another type), and a batch
+// whose every message failed because Redis is down is a 503 with Retry-After.
+func TestUnreadyRegistryAndBatchOutage(t *testing.T) {
+	rs := redistest.Start(t, redistest.Options{})
+	_, router := loadDoc(t)
+	srv := httptest.NewServer(newAPI(t, rs))
+	t.Cleanup(srv.Close)
+	rs.Do(t, "XADD", "bridge:subscriptions", "*", "_payload", "x")
+	call{name: "readyz wrong registry", method: "GET", path: "/readyz", status: 503, code: "not_ready"}.do(t, srv, router)
+	rs.Do(t, "DEL", "bridge:subscriptions")
+	call{name: "readyz", method: "GET", path: "/readyz", status: 200}.do(t, srv, router)
+
+	rs.Kill(t)
+	resp, err := srv.Client().Post(srv.URL+"/v1/subjects/orders/batch", "application/json",
+		strings.NewReader(`{"messages":[{"data":1},{"data":2}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" || !bytes.Contains(raw, []byte("redis_unavailable")) {
+		t.Fatalf("batch with Redis down: %d %q %s", resp.StatusCode, resp.Header.Get("Retry-After"), raw)
 	}
 }

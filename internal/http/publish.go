@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -45,7 +46,7 @@ type target struct {
 func checkPublishTarget(w http.ResponseWriter, r *http.Request) (target, bool) {
 	t := target{subject: chi.URLParam(r, "subject"), transport: r.URL.Query().Get("transport")}
 	if !core.ValidSubject(t.subject) {
-		writeProblem(w, "invalid_subject", "subjects match ^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
+		writeProblem(w, "invalid_subject", core.SubjectRule)
 		return t, false
 	}
 	if t.transport == "" {
@@ -194,6 +195,13 @@ func messageHeaders(h http.Header) (map[string]string, error) {
 			return nil, err
 		}
 	}
+	if ce := h.Get("Content-Encoding"); ce != "" {
+		// Stored and sent on, so a receiver gets gzip bytes labelled as gzip.
+		if len(ce) > 256 || !httpguts.ValidHeaderFieldValue(ce) {
+			return nil, errors.New("Content-Encoding is not a valid header value")
+		}
+		out[core.HeaderContentEncoding] = ce
+	}
 	if err := setPartitionKey(out, h.Get("Bridge-Partition-Key")); err != nil {
 		return nil, fmt.Errorf("Bridge-Partition-Key %w", err)
 	}
@@ -340,6 +348,10 @@ func (a *api) publishBatch(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		a.opts.Metrics.Published(subject, "stream", written)
+		if allUnavailable(results) {
+			writeProblem(w, "redis_unavailable", "redis did not confirm any message of the batch; retry later")
+			return
+		}
 	}
 	writeJSON(w, http.StatusAccepted, map[string]any{"results": results})
 }
@@ -392,15 +404,57 @@ func (a *api) batchOutgoing(it batchItem, now time.Time) (core.Outgoing, string,
 	return o, "", nil
 }
 
-// readBody reads a bounded request body, in one allocation when its length is announced.
+// trustedLength is the largest announced Content-Length read into a buffer of exactly that
+// size up front. Beyond it the buffer grows with the bytes that actually arrive, so a
+// client announcing megabytes and sending nothing cannot make the bridge hold them.
+const trustedLength = 64 << 10
+
+// readBody reads a bounded request body: small announced bodies in one allocation, larger
+// ones into a buffer that grows only as data arrives.
 func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	n := r.ContentLength
+	if n > limit {
+		return nil, &http.MaxBytesError{Limit: limit}
+	}
 	body := http.MaxBytesReader(w, r.Body, limit)
-	if n := r.ContentLength; n >= 0 && n <= limit {
+	if n >= 0 && n <= trustedLength {
 		buf := make([]byte, n)
 		if _, err := io.ReadFull(body, buf); err != nil {
 			return nil, err
 		}
 		return buf, nil
 	}
-	return io.ReadAll(body)
+	buf := make([]byte, 0, 4096)
+	for {
+		if n > 0 && int64(len(buf)) == n {
+			// The server's body reader ends at the announced length.
+			return buf, nil
+		}
+		if len(buf) == cap(buf) {
+			grow := len(buf) // doubling, but never past the announced length
+			if n > 0 {
+				grow = min(grow, int(n)-len(buf))
+			}
+			buf = slices.Grow(buf, grow)
+		}
+		m, err := body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+m]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+// allUnavailable reports whether every item of a batch failed because Redis could not
+// take it: the batch as a whole then failed the way a single publish does (503).
+func allUnavailable(results []batchResult) bool {
+	for _, r := range results {
+		if r.Error == nil || r.Error.Code != "redis_unavailable" {
+			return false
+		}
+	}
+	return len(results) > 0
 }

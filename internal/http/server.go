@@ -23,6 +23,7 @@ import (
 // Broker is what the API needs from Redis. *broker.Broker implements it.
 type Broker interface {
 	Ping(ctx context.Context) error
+	SubscriptionsVersion(ctx context.Context) (int64, error)
 	Publish(ctx context.Context, subject string, body []byte, headers map[string]string) (string, error)
 	PublishList(ctx context.Context, subject string, body []byte, headers map[string]string) (string, error)
 	PublishPubSub(ctx context.Context, subject string, body []byte, headers map[string]string, sharded bool) (string, int64, error)
@@ -30,8 +31,9 @@ type Broker interface {
 	DestroySubscription(ctx context.Context, s *core.Subscription) error
 	GetSubscription(ctx context.Context, name string) (*core.Subscription, error)
 	ListSubscriptions(ctx context.Context) ([]*core.Subscription, int64, error)
-	DeleteSubscription(ctx context.Context, name string) error
-	DeadLetters(ctx context.Context, s *core.Subscription, after string, limit int) ([]core.DeadLetter, error)
+	DeleteSubscription(ctx context.Context, name string) (int64, error)
+	DeadLetters(ctx context.Context, s *core.Subscription, after string, limit, cut int) (core.DeadLetterPage, error)
+	GetDeadLetter(ctx context.Context, s *core.Subscription, id string) (core.DeadLetter, error)
 	ReplayDeadLetters(ctx context.Context, s *core.Subscription, ids []string) (int, error)
 	SubscriptionStats(ctx context.Context, s *core.Subscription) (core.GroupStats, error)
 	Seek(ctx context.Context, s *core.Subscription, to string, at time.Time) error
@@ -41,13 +43,16 @@ type Broker interface {
 // Registry applies subscription changes. *registry.Registry implements it.
 type Registry interface {
 	Apply(ctx context.Context, name string, in core.SubscriptionInput) (registry.Result, error)
-	SetPaused(ctx context.Context, name string, paused bool, reason string) (*core.Subscription, error)
-	RotateSecret(ctx context.Context, name string) (*core.Subscription, error)
+	SetPaused(ctx context.Context, name string, paused bool, reason string) (*core.Subscription, int64, error)
+	RotateSecret(ctx context.Context, name string) (*core.Subscription, int64, error)
 }
 
-// Engine is what the API reads from the delivery engine.
+// Engine is what the API needs from the delivery engine.
 type Engine interface {
 	Running() bool
+	// Sync returns once every live process applied the registry change of the given
+	// version (bounded, see delivery.SyncWait).
+	Sync(ctx context.Context, version int64) error
 }
 
 // Options configure the API.
@@ -126,10 +131,14 @@ func NewHandler(b Broker, reg Registry, e Engine, opts Options) http.Handler {
 	r.MethodNotAllowed(func(w http.ResponseWriter, _ *http.Request) {
 		writeProblem(w, "method_not_allowed", "this route does not take that method")
 	})
-	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+	healthz := func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
+	}
+	// Load balancers and uptime checks often probe with HEAD.
+	r.Get("/healthz", healthz)
+	r.Head("/healthz", healthz)
 	r.Get("/readyz", a.ready)
+	r.Head("/readyz", a.ready)
 	if opts.MetricsHandler != nil {
 		r.Method(http.MethodGet, "/metrics", opts.MetricsHandler)
 	}
@@ -157,6 +166,7 @@ func NewHandler(b Broker, reg Registry, e Engine, opts Options) http.Handler {
 			r.With(write).Post("/secret/rotate", a.rotateSecret)
 			r.With(write).Post("/seek", a.seek)
 			r.With(read).Get("/dead-letters", a.deadLetters)
+			r.With(read).Get("/dead-letters/{id}", a.deadLetter)
 			r.With(dlq).Delete("/dead-letters", a.purgeDeadLetters)
 			r.With(dlq).Post("/dead-letters/replay", a.replay)
 		})
@@ -184,6 +194,11 @@ func (a *api) ready(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	if err := a.b.Ping(ctx); err != nil {
 		writeProblem(w, "not_ready", "redis is not reachable")
+		return
+	}
+	// Reachable is not enough: a registry the bridge cannot read delivers nothing.
+	if _, err := a.b.SubscriptionsVersion(ctx); err != nil {
+		writeProblem(w, "not_ready", "the subscription registry cannot be read: "+err.Error())
 		return
 	}
 	if !a.e.Running() {
@@ -282,6 +297,18 @@ func (a *api) recoverer(next http.Handler) http.Handler {
 		}()
 		next.ServeHTTP(w, r)
 	})
+}
+
+// inForce makes a registry change in force in every live process before the request is
+// answered (SPEC §4). A process that does not confirm in time is logged; the change is
+// stored and it applies it as soon as it can.
+func (a *api) inForce(r *http.Request, version int64) {
+	if version == 0 {
+		return
+	}
+	if err := a.e.Sync(r.Context(), version); err != nil {
+		a.log.Warn("change answered before every process confirmed it", zap.String("path", r.URL.Path), zap.Error(err))
+	}
 }
 
 // fail maps a broker error to its problem.

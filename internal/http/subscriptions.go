@@ -70,8 +70,10 @@ func decodeJSONLimit(w http.ResponseWriter, r *http.Request, v any, allowEmpty b
 		writeProblem(w, "invalid_json", err.Error())
 		return false
 	}
-	if dec.More() {
-		writeProblem(w, "invalid_json", "the body must hold exactly one JSON object")
+	// Anything after the value, even a stray '}', means the client sent something else
+	// than it thinks: refuse rather than guess.
+	if _, err := dec.Token(); err != io.EOF {
+		writeProblem(w, "invalid_json", "the body must hold exactly one JSON object, with nothing after it")
 		return false
 	}
 	return true
@@ -80,7 +82,7 @@ func decodeJSONLimit(w http.ResponseWriter, r *http.Request, v any, allowEmpty b
 func (a *api) name(w http.ResponseWriter, r *http.Request) (string, bool) {
 	name := chi.URLParam(r, "name")
 	if !core.ValidName(name) {
-		writeProblem(w, "invalid_name", "subscription names match ^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
+		writeProblem(w, "invalid_name", core.SubjectRule)
 		return "", false
 	}
 	return name, true
@@ -118,6 +120,7 @@ func (a *api) putSubscription(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	a.inForce(r, res.Version)
 	status := http.StatusOK
 	if res.Created {
 		status = http.StatusCreated
@@ -177,11 +180,15 @@ func (a *api) deleteSubscription(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
-	// The record first, so no process starts delivering again; then the Redis state.
-	if err := a.b.DeleteSubscription(ctx, s.Name); err != nil {
+	// The record first, so no process starts delivering again; then, once every process
+	// stopped reading it, the Redis state. Pushes still in flight settle without writing
+	// (their subscription's marker is gone with the rest).
+	version, err := a.b.DeleteSubscription(ctx, s.Name)
+	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
+	a.inForce(r, version)
 	if err := a.b.DestroySubscription(ctx, s); err != nil {
 		a.fail(w, r, err)
 		return
@@ -199,11 +206,12 @@ func (a *api) setPaused(w http.ResponseWriter, r *http.Request, paused bool) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
-	s, err := a.reg.SetPaused(ctx, name, paused, "paused by API")
+	s, version, err := a.reg.SetPaused(ctx, name, paused, "paused by API")
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
+	a.inForce(r, version)
 	writeJSON(w, http.StatusOK, view(s))
 }
 
@@ -237,11 +245,12 @@ func (a *api) rotateSecret(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
-	s, err := a.reg.RotateSecret(ctx, name)
+	s, version, err := a.reg.RotateSecret(ctx, name)
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
+	a.inForce(r, version)
 	writeJSON(w, http.StatusOK, secrets(s))
 }
 
@@ -297,6 +306,9 @@ func (a *api) purgeDeadLetters(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]int64{"purged": n})
 }
 
+// deadLetterView shows a dead letter's body once: as text when it is valid UTF-8
+// ("body"), else as base64 ("body_base64"). Listings cut bodies at 64 KiB
+// ("body_truncated"); GET .../dead-letters/{id} returns the whole.
 type deadLetterView struct {
 	ID            string            `json:"id"`
 	DeadLetterID  string            `json:"dead_letter_id"`
@@ -307,7 +319,34 @@ type deadLetterView struct {
 	At            time.Time         `json:"dead_lettered_at"`
 	Headers       map[string]string `json:"headers"`
 	Body          *string           `json:"body,omitempty"`
-	BodyBase64    string            `json:"body_base64"`
+	BodyBase64    *string           `json:"body_base64,omitempty"`
+	BodySize      int               `json:"body_size"`
+	BodyTruncated bool              `json:"body_truncated,omitempty"`
+}
+
+func deadLetterOf(d core.DeadLetter) deadLetterView {
+	v := deadLetterView{
+		ID: d.ID, DeadLetterID: d.EntryID, Reason: d.Reason, LastStatus: d.LastStatus, LastError: d.LastError,
+		DeliveryCount: d.Deliveries, At: d.At, Headers: d.Headers, BodySize: d.Size, BodyTruncated: d.Truncated,
+	}
+	body := d.Body
+	if d.Truncated {
+		// A cut may split the last character of a text body: drop the partial rune.
+		for i := 0; i < utf8.UTFMax-1 && len(body) > 0 && !utf8.Valid(body); i++ {
+			body = body[:len(body)-1]
+		}
+		if !utf8.Valid(body) {
+			body = d.Body
+		}
+	}
+	if utf8.Valid(body) {
+		t := string(body)
+		v.Body = &t
+	} else {
+		b64 := base64.StdEncoding.EncodeToString(d.Body)
+		v.BodyBase64 = &b64
+	}
+	return v
 }
 
 func (a *api) deadLetters(w http.ResponseWriter, r *http.Request) {
@@ -332,28 +371,43 @@ func (a *api) deadLetters(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
-	dls, err := a.b.DeadLetters(ctx, s, after, limit)
+	page, err := a.b.DeadLetters(ctx, s, after, limit, maxListedBody)
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	out := make([]deadLetterView, 0, len(dls))
-	for _, d := range dls {
-		v := deadLetterView{
-			ID: d.ID, DeadLetterID: d.EntryID, Reason: d.Reason, LastStatus: d.LastStatus, LastError: d.LastError,
-			DeliveryCount: d.Deliveries, At: d.At, Headers: d.Headers, BodyBase64: base64.StdEncoding.EncodeToString(d.Body),
-		}
-		if utf8.Valid(d.Body) {
-			b := string(d.Body)
-			v.Body = &b
-		}
-		out = append(out, v)
+	out := make([]deadLetterView, 0, len(page.DeadLetters))
+	for _, d := range page.DeadLetters {
+		out = append(out, deadLetterOf(d))
 	}
 	resp := map[string]any{"dead_letters": out}
-	if len(dls) == limit {
-		resp["next"] = dls[len(dls)-1].EntryID
+	if page.More && len(out) > 0 {
+		resp["next"] = out[len(out)-1].DeadLetterID
 	}
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// maxListedBody is how much of each body a dead-letter listing shows (SPEC §9).
+const maxListedBody = 64 << 10
+
+func (a *api) deadLetter(w http.ResponseWriter, r *http.Request) {
+	s, ok := a.load(w, r)
+	if !ok {
+		return
+	}
+	id := chi.URLParam(r, "id")
+	if len(id) > 512 {
+		writeProblem(w, "not_found", "no such dead letter")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+	defer cancel()
+	d, err := a.b.GetDeadLetter(ctx, s, id)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, deadLetterOf(d))
 }
 
 type replayRequest struct {

@@ -35,6 +35,7 @@ type Metrics struct {
 	pushDuration  *prometheus.HistogramVec
 	responses     *prometheus.CounterVec
 	lost          *prometheus.CounterVec
+	schedDropped  *prometheus.CounterVec
 }
 
 // New registers the bridge's metrics, plus Go runtime and process metrics.
@@ -61,8 +62,11 @@ func New() *Metrics {
 		lost: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bridge_lost_total", Help: "Pending entries found trimmed or deleted from their stream (acknowledged, never delivered).",
 		}, []string{"subscription"}),
+		schedDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_scheduled_dropped_total", Help: "Scheduled messages dropped at their due time because the subject's key holds another type.",
+		}, []string{"subject"}),
 	}
-	m.reg.MustRegister(m.published, m.publishErrors, m.pushes, m.pushDuration, m.responses, m.lost,
+	m.reg.MustRegister(m.published, m.publishErrors, m.pushes, m.pushDuration, m.responses, m.lost, m.schedDropped,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -109,6 +113,14 @@ func (m *Metrics) Lost(sub string, n int) {
 		return
 	}
 	m.lost.WithLabelValues(sub).Add(float64(n))
+}
+
+// ScheduledDropped counts a scheduled message dropped because its subject cannot take it.
+func (m *Metrics) ScheduledDropped(subject string) {
+	if m == nil {
+		return
+	}
+	m.schedDropped.WithLabelValues(subject).Inc()
 }
 
 var (

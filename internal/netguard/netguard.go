@@ -7,6 +7,7 @@
 package netguard
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -153,9 +154,36 @@ func (g *Guard) Control(network, address string, _ syscall.RawConn) error {
 		return fmt.Errorf("netguard: %s dial to %q: not an IP address", network, address)
 	}
 	if !g.Allowed(ap.Addr()) {
-		return fmt.Errorf("%w: %s", ErrDenied, ap.Addr())
+		return fmt.Errorf("%w: %s (allow it with BRIDGE_TARGET_ALLOW_CIDRS)", ErrDenied, ap.Addr())
 	}
 	return nil
+}
+
+// Resolver looks host names up; *net.Resolver implements it.
+type Resolver interface {
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+}
+
+// CheckResolved refuses a URL host name that resolves only to addresses that are not
+// Allowed (localhost, a name pointing into a private network): such a webhook could never
+// be delivered, and a user learns it at registration rather than from the dead-letter
+// queue. A name that does not resolve (yet) passes; Control still checks every connection,
+// since DNS can change.
+func (g *Guard) CheckResolved(ctx context.Context, r Resolver, u *url.URL) error {
+	host := u.Hostname()
+	if _, err := netip.ParseAddr(host); err == nil {
+		return nil // a literal: CheckURL decided
+	}
+	addrs, err := r.LookupNetIP(ctx, "ip", host)
+	if err != nil || len(addrs) == 0 {
+		return nil
+	}
+	for _, a := range addrs {
+		if g.Allowed(a) {
+			return nil
+		}
+	}
+	return fmt.Errorf("URL host %q resolves only to %w: %s", host, ErrDenied, addrs[0].WithZone("").Unmap())
 }
 
 // CheckURL validates a webhook URL at registration: the scheme is http or

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/bridge-dev/bridge/internal/core"
@@ -19,7 +20,8 @@ import (
 type Store interface {
 	EnsureGroup(ctx context.Context, subject, sub, start string) (bool, error)
 	CheckListKey(ctx context.Context, subject string) error
-	PutSubscription(ctx context.Context, s *core.Subscription) (bool, error)
+	PutSubscription(ctx context.Context, s *core.Subscription) (replaced bool, version int64, err error)
+	MarkLive(ctx context.Context, s *core.Subscription) error
 	GetSubscription(ctx context.Context, name string) (*core.Subscription, error)
 }
 
@@ -36,14 +38,16 @@ const SecretRotationOverlap = 24 * time.Hour
 
 // Registry is safe for concurrent use.
 type Registry struct {
-	store Store
-	guard *netguard.Guard
-	now   func() time.Time
+	store    Store
+	guard    *netguard.Guard
+	resolver netguard.Resolver
+	now      func() time.Time
 }
 
-// New returns a registry over store, checking URLs with guard.
+// New returns a registry over store, checking URLs (and what their host names resolve to)
+// with guard.
 func New(store Store, guard *netguard.Guard) *Registry {
-	return &Registry{store: store, guard: guard, now: func() time.Time { return time.Now().UTC() }}
+	return &Registry{store: store, guard: guard, resolver: net.DefaultResolver, now: func() time.Time { return time.Now().UTC() }}
 }
 
 // Result is what Apply did.
@@ -52,6 +56,8 @@ type Result struct {
 	Created      bool
 	// Changed is false when the stored subscription already matched the input.
 	Changed bool
+	// Version is the registry version the change made (0 when nothing changed).
+	Version int64
 }
 
 // Apply creates or replaces the subscription name from in (PUT semantics). A replaced
@@ -59,13 +65,17 @@ type Result struct {
 // its subject cannot change. Applying an input that matches what is stored writes nothing.
 func (r *Registry) Apply(ctx context.Context, name string, in core.SubscriptionInput) (Result, error) {
 	if !core.ValidName(name) {
-		return Result{}, &InputError{"invalid_name", "subscription names match ^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"}
+		return Result{}, &InputError{"invalid_name", core.SubjectRule}
 	}
 	s, err := in.Build(name)
 	if err != nil {
 		return Result{}, &InputError{"invalid_subscription", err.Error()}
 	}
-	if _, err := r.guard.CheckURL(s.URL); err != nil {
+	u, err := r.guard.CheckURL(s.URL)
+	if err == nil {
+		err = r.guard.CheckResolved(ctx, r.resolver, u)
+	}
+	if err != nil {
 		if errors.Is(err, netguard.ErrDenied) {
 			return Result{}, &InputError{"target_not_allowed", err.Error() + " (allow it with BRIDGE_TARGET_ALLOW_CIDRS)"}
 		}
@@ -123,11 +133,16 @@ func (r *Registry) Apply(ctx context.Context, name string, in core.SubscriptionI
 			return Result{}, err
 		}
 	}
-	replaced, err := r.store.PutSubscription(ctx, s)
+	// The marker before the record: from the moment processes see the subscription, its
+	// settlements may write (a replace keeps the marker's value, see Incarnation).
+	if err := r.store.MarkLive(ctx, s); err != nil {
+		return Result{}, err
+	}
+	replaced, version, err := r.store.PutSubscription(ctx, s)
 	if err != nil {
 		return Result{}, err
 	}
-	return Result{Subscription: s, Created: !replaced, Changed: true}, nil
+	return Result{Subscription: s, Created: !replaced, Changed: true, Version: version}, nil
 }
 
 // sameSettings compares everything but the timestamps.
@@ -139,44 +154,48 @@ func sameSettings(a, b *core.Subscription) bool {
 	return string(jx) == string(jy)
 }
 
-// SetPaused pauses or resumes the subscription.
-func (r *Registry) SetPaused(ctx context.Context, name string, paused bool, reason string) (*core.Subscription, error) {
+// SetPaused pauses or resumes the subscription and returns it with the registry version
+// the change made (0 when it was already so).
+func (r *Registry) SetPaused(ctx context.Context, name string, paused bool, reason string) (*core.Subscription, int64, error) {
 	s, err := r.store.GetSubscription(ctx, name)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if s.Paused == paused {
-		return s, nil
+		return s, 0, nil
 	}
 	s.Paused, s.PausedReason, s.UpdatedAt = paused, "", r.now()
 	if paused {
 		s.PausedReason = reason
 	}
-	if _, err := r.store.PutSubscription(ctx, s); err != nil {
-		return nil, err
+	_, version, err := r.store.PutSubscription(ctx, s)
+	if err != nil {
+		return nil, 0, err
 	}
-	return s, nil
+	return s, version, nil
 }
 
 // RotateSecret gives the subscription a new secret; the old one keeps signing beside it
-// for SecretRotationOverlap so receivers can switch without losing a push.
-func (r *Registry) RotateSecret(ctx context.Context, name string) (*core.Subscription, error) {
+// for SecretRotationOverlap so receivers can switch without losing a push. It returns the
+// registry version the change made.
+func (r *Registry) RotateSecret(ctx context.Context, name string) (*core.Subscription, int64, error) {
 	s, err := r.store.GetSubscription(ctx, name)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	next, err := webhook.NewSecret()
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	now := r.now()
 	until := now.Add(SecretRotationOverlap)
 	s.PreviousSecret, s.PreviousSecretUntil = s.Secret, &until
 	s.Secret, s.UpdatedAt = next, now
-	if _, err := r.store.PutSubscription(ctx, s); err != nil {
-		return nil, err
+	_, version, err := r.store.PutSubscription(ctx, s)
+	if err != nil {
+		return nil, 0, err
 	}
-	return s, nil
+	return s, version, nil
 }
 
 // ApplySubscription is Apply for the subscriptions file.

@@ -170,7 +170,7 @@ func parseEntry(i int, n *yaml.Node) (Entry, error) {
 		return fail("", "name", fmt.Errorf("must be a string, got %v (quote it)", rawName))
 	}
 	if !core.ValidName(name) {
-		return fail("", "name", fmt.Errorf("%q does not match ^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$", name))
+		return fail("", "name", fmt.Errorf("%q: %s", name, core.SubjectRule))
 	}
 	delete(m, "name")
 	body, field, err := toJSON(m, "")

@@ -92,7 +92,7 @@ subscriptions:
 		},
 		{
 			name: "invalid name", data: "subscriptions:\n- {name: 'a b', subject: s, url: 'http://x/'}\n",
-			err: "does not match", index: 0, field: "name",
+			err: "subjects and names match", index: 0, field: "name",
 		},
 		{
 			name: "name not a string", data: "subscriptions:\n- {name: [a], subject: s, url: 'http://x/'}\n",
