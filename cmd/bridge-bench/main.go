@@ -71,6 +71,7 @@ type options struct {
 	drainN      int
 	only        string
 	rounds      int
+	soakN       int
 	json        bool
 }
 
@@ -85,6 +86,7 @@ func parseFlags() options {
 	flag.IntVar(&o.drainN, "drain-n", 100000, "messages in the drain phase's backlog")
 	flag.IntVar(&o.rounds, "rounds", 2, "rounds per server, alternating which server goes first; the best round of each is reported")
 	flag.StringVar(&o.only, "only", "both", "servers to measure: bridge, minimal (the in-run reference implementation) or both")
+	flag.IntVar(&o.soakN, "soak-n", 500000, "messages in the soak (bridge only, short retention; Redis memory must come back down); 0 skips it")
 	flag.BoolVar(&o.json, "json", false, "also print the results as JSON")
 	flag.Parse()
 	switch {
@@ -98,6 +100,8 @@ func parseFlags() options {
 		usageError("-max-in-flight must be at least 1")
 	case o.drainN < 1 || o.drainN > 10_000_000:
 		usageError("-drain-n must be between 1 and 10000000")
+	case o.soakN < 0 || o.soakN > 10_000_000:
+		usageError("-soak-n must be between 0 and 10000000")
 	case o.rounds < 1 || o.rounds > 10:
 		usageError("-rounds must be between 1 and 10")
 	case o.only != "bridge" && o.only != "minimal" && o.only != "both":
@@ -137,6 +141,8 @@ type results struct {
 	// client, one after the other on the same Redis (flushed in between).
 	Bridge  *serverResult `json:"bridge,omitempty"`
 	Minimal *serverResult `json:"minimal,omitempty"`
+	// Soak is the bridge's retention soak (-soak-n).
+	Soak *soakResult `json:"soak,omitempty"`
 	// Comparison holds the target ratios, when both servers were measured.
 	Comparison []comparison `json:"comparison,omitempty"`
 	// Problems are observations that point at a bug (failed phases, lost or
@@ -261,8 +267,8 @@ func run(ctx context.Context, o options) (res *results, err error) {
 		return nil, fmt.Errorf("%s not found (run scripts/ensure-redis.sh): %w", o.redisServer, err)
 	}
 	var targets []target
+	bridgeBin := o.bridge
 	if o.only != "minimal" {
-		bridgeBin := o.bridge
 		if bridgeBin == "" {
 			step("building ./cmd/bridge")
 			if bridgeBin, err = buildBridge(ctx, dir); err != nil {
@@ -276,6 +282,10 @@ func run(ctx context.Context, o options) (res *results, err error) {
 				"BRIDGE_TARGET_ALLOW_CIDRS": "127.0.0.1/32",
 				"BRIDGE_LOG_LEVEL":          "warn",
 				"BRIDGE_SHUTDOWN_GRACE":     shutdownGrace.String(),
+				// Retention works during the measured phases, as in production, only
+				// sooner: acknowledged entries leave the e2e stream while it runs.
+				"BRIDGE_RETENTION":     "2s",
+				"BRIDGE_TRIM_INTERVAL": "1s",
 			}), bridgeBin)
 		}})
 	}
@@ -349,6 +359,18 @@ func run(ctx context.Context, o options) (res *results, err error) {
 		}
 	}
 	res.Comparison = compare(res.Bridge, res.Minimal)
+	if o.soakN > 0 && o.only != "minimal" {
+		step(fmt.Sprintf("soak: %d messages through the bridge", o.soakN))
+		problem := func(format string, args ...any) {
+			res.Problems = append(res.Problems, "bridge: "+fmt.Sprintf(format, args...))
+		}
+		if res.Soak, err = runSoak(ctx, o, bridgeBin, dir, redisAddr, problem); err != nil {
+			if ctx.Err() != nil {
+				return res, ctx.Err()
+			}
+			problem("soak: %v", err)
+		}
+	}
 	redis.stop(syscall.SIGTERM, 5*time.Second)
 	return res, nil
 }

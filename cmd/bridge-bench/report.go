@@ -240,6 +240,7 @@ func printTable(w io.Writer, r *results) {
 	p("note: the issue's minimal figures from another machine and day (publish %s req/s, drain %s pushes/s, e2e %s msg/s, p99 %s) are informational only; the targets use this run's minimal column.",
 		num(issuePublishRPS), num(issueDrainRPS), num(issueE2ERPS), ms(issueE2EP99))
 
+	printSoak(p, r.Soak)
 	for _, s := range []struct {
 		name string
 		r    *serverResult

@@ -20,6 +20,7 @@ import (
 	"github.com/bridge-dev/bridge/internal/metrics"
 	"github.com/bridge-dev/bridge/internal/netguard"
 	"github.com/bridge-dev/bridge/internal/registry"
+	"github.com/bridge-dev/bridge/internal/retention"
 	"github.com/bridge-dev/bridge/internal/sealer"
 	"github.com/bridge-dev/bridge/internal/subsfile"
 	"go.uber.org/zap"
@@ -80,6 +81,10 @@ func run(ctx context.Context, environ []string) error {
 
 	mx := metrics.New()
 	reg := registry.New(b, guard)
+	trimmer := retention.New(b, retention.Options{
+		Retention: time.Duration(cfg.Retention), MaxRetention: time.Duration(cfg.MaxRetention),
+		Interval: time.Duration(cfg.TrimInterval), Logger: log.Named("retention"), Metrics: mx,
+	})
 	applyFile := func(ctx context.Context) error {
 		if cfg.SubscriptionsFile == "" {
 			return nil
@@ -102,6 +107,8 @@ func run(ctx context.Context, environ []string) error {
 				log.Error("could not apply the subscriptions file again", zap.Error(err))
 			}
 		},
+		OnApply: trimmer.SetSubscriptions,
+		Touch:   trimmer.Touch,
 	})
 	mx.WatchSubscriptions(subscriptionGauges(b, engine))
 	if err := applyFile(ctx); err != nil {
@@ -119,6 +126,7 @@ func run(ctx context.Context, environ []string) error {
 		OpenAPI:           api.OpenAPI,
 		Metrics:           mx,
 		MetricsHandler:    mx.Handler(),
+		Touch:             trimmer.Touch,
 		Logger:            log.Named("http"),
 	})
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -132,6 +140,7 @@ func run(ctx context.Context, environ []string) error {
 		log.Info("API tokens loaded", zap.Int("tokens", tokens.Current().Len()))
 	}
 	engine.Start()
+	trimmer.Start()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info("bridge listening", zap.String("addr", ln.Addr().String()))
@@ -160,6 +169,7 @@ wait:
 	if err := srv.Shutdown(graceCtx); err != nil {
 		log.Warn("http shutdown incomplete", zap.Error(err))
 	}
+	trimmer.Stop() // cancels a pass in progress; trimming is never urgent
 	if err := engine.Shutdown(graceCtx); err != nil {
 		log.Warn("grace period over; unfinished pushes stay pending and will be reclaimed", zap.Error(err))
 	}

@@ -277,6 +277,7 @@ func (b *Broker) SubscriptionStats(ctx context.Context, s *core.Subscription) (c
 		b.c.B().Zcard().Key(retryKey(s.Subject, s.Name)).Build(),
 		b.c.B().Xlen().Key(dlqKey(s.Subject, s.Name)).Build(),
 		b.c.B().Hgetall().Key(statsKey(s.Subject, s.Name)).Build(),
+		b.c.B().Xlen().Key(s.Subject).Build(),
 	)
 	groups, err := res[0].ToArray()
 	if err != nil && !isNoKey(err) && !rueidis.IsRedisNil(err) {
@@ -310,6 +311,7 @@ func (b *Broker) SubscriptionStats(ctx context.Context, s *core.Subscription) (c
 	}
 	st.Retrying, _ = res[1].AsInt64()
 	st.DLQSize, _ = res[2].AsInt64()
+	st.StreamLength, _ = res[4].AsInt64()
 	fields, _ := res[3].AsStrMap()
 	st.Shared = decodeShared(fields, time.Now())
 	return st, nil

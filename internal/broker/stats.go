@@ -73,6 +73,7 @@ func decodeShared(f map[string]string, now time.Time) core.SharedStats {
 	var st core.SharedStats
 	num := func(k string) int64 { n, _ := strconv.ParseInt(f[k], 10, 64); return n }
 	st.Delivered, st.Retried, st.DeadLettered, st.Lost = num("delivered"), num("retried"), num("dead_lettered"), num("lost")
+	st.Expired = num("expired")
 	st.LastStatus = int(num("last_status"))
 	st.LastError = f["last_error"]
 	if ms := num("last_at"); ms > 0 {

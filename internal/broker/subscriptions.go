@@ -75,6 +75,10 @@ func (b *Broker) decodeSubscription(name string, raw []byte) (*core.Subscription
 	if err := b.open(&s); err != nil {
 		return nil, fmt.Errorf("subscription %s: %w", name, err)
 	}
+	if s.DLQRetention == 0 {
+		// Stored before dlq_retention existed: the default, not "keep nothing".
+		s.DLQRetention = core.Duration(core.DefaultDLQRetention)
+	}
 	return &s, nil
 }
 

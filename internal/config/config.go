@@ -79,6 +79,9 @@ type Config struct {
 	SubscriptionsFile   string   `env:"SUBSCRIPTIONS_FILE"`
 	SecretKey           string   `env:"SECRET_KEY"`
 	ShutdownGrace       Duration `env:"SHUTDOWN_GRACE" envDefault:"30s"`
+	Retention           Duration `env:"RETENTION" envDefault:"1h"`
+	MaxRetention        Duration `env:"MAX_RETENTION" envDefault:"168h"`
+	TrimInterval        Duration `env:"TRIM_INTERVAL" envDefault:"10s"`
 	LogLevel            string   `env:"LOG_LEVEL" envDefault:"info"`
 	LogFormat           string   `env:"LOG_FORMAT" envDefault:"json"`
 }
@@ -138,6 +141,15 @@ func (c *Config) Validate() error {
 	}
 	if c.IdempotencyWindow < Duration(time.Second) || c.IdempotencyWindow > Duration(30*24*time.Hour) {
 		return fmt.Errorf("BRIDGE_IDEMPOTENCY_WINDOW: %s out of range (1s to 720h)", c.IdempotencyWindow)
+	}
+	if c.Retention > Duration(366*24*time.Hour) {
+		return fmt.Errorf("BRIDGE_RETENTION: %s out of range (0 to 8784h)", c.Retention)
+	}
+	if c.MaxRetention != 0 && c.MaxRetention <= c.Retention {
+		return fmt.Errorf("BRIDGE_MAX_RETENTION: %s must exceed BRIDGE_RETENTION (%s), or be 0 for no hard cap", c.MaxRetention, c.Retention)
+	}
+	if c.TrimInterval < Duration(100*time.Millisecond) || c.TrimInterval > Duration(time.Hour) {
+		return fmt.Errorf("BRIDGE_TRIM_INTERVAL: %s out of range (100ms to 1h)", c.TrimInterval)
 	}
 	if c.MaxBatchBody < c.MaxBody {
 		return errors.New("BRIDGE_MAX_BATCH_BODY: must be at least BRIDGE_MAX_BODY")

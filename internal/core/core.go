@@ -159,11 +159,13 @@ type DeadLetterPage struct {
 
 // GroupStats are the Redis-side figures of one subscription.
 type GroupStats struct {
-	Lag      int64
-	Pending  int64
-	Retrying int64
-	DLQSize  int64
-	Shared   SharedStats
+	// StreamLength is the subject's stream length (streams only).
+	StreamLength int64
+	Lag          int64
+	Pending      int64
+	Retrying     int64
+	DLQSize      int64
+	Shared       SharedStats
 }
 
 // LocalStats are one bridge process's delivery counters for one subscription.
@@ -208,9 +210,11 @@ type StatsDelta struct {
 // SharedStats are a subscription's counters summed over every bridge process.
 type SharedStats struct {
 	Delivered, Retried, DeadLettered, Lost, InFlight int64
-	LastStatus                                       int
-	LastError                                        string
-	LastAt                                           time.Time
+	// Expired counts messages removed by the hard retention cap before they were delivered.
+	Expired    int64
+	LastStatus int
+	LastError  string
+	LastAt     time.Time
 }
 
 // ScheduledMove is what one pass over the scheduled messages did.
@@ -235,4 +239,29 @@ type ProcessState struct {
 	Version int64
 	// At is when it reported.
 	At time.Time
+}
+
+// TrimParams say what one retention pass over a subject may remove (SPEC §8).
+type TrimParams struct {
+	Now time.Time
+	// Retention is how long an entry stays after every group acknowledged it.
+	Retention time.Duration
+	// MaxRetention removes entries older than this even if unacknowledged (0 = never).
+	MaxRetention time.Duration
+	// Subscriptions are the subject's stream subscriptions: their dead letters are trimmed
+	// by their dlq_retention, and their losses to MaxRetention counted.
+	Subscriptions []*Subscription
+}
+
+// TrimResult is what one retention pass did.
+type TrimResult struct {
+	// Exists is false when the subject has no stream (or its key holds another type).
+	Exists bool
+	// Length is the stream's length after the pass.
+	Length int64
+	// Trimmed entries left the stream; DeadLettersTrimmed left the dead-letter streams.
+	Trimmed, DeadLettersTrimmed int64
+	// Expired counts, per consumer group, entries removed by MaxRetention before the group
+	// read or acknowledged them.
+	Expired map[string]int64
 }

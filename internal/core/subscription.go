@@ -29,9 +29,13 @@ const (
 	MaxRetryAfter        = time.Hour
 	// MaxURLLength bounds a webhook URL: longer ones are mistakes or abuse, and the URL is
 	// stored, logged and sent on every push.
-	MaxURLLength          = 2048
-	DefaultListMode       = "reliable"
-	DefaultPubSubMode     = "classic"
+	MaxURLLength      = 2048
+	DefaultListMode   = "reliable"
+	DefaultPubSubMode = "classic"
+	// DefaultDLQRetention is the default of Subscription.DLQRetention (SPEC §8).
+	DefaultDLQRetention = 14 * 24 * time.Hour
+	// MaxDLQRetention bounds dlq_retention: dead letters are for inspection and replay.
+	MaxDLQRetention       = 366 * 24 * time.Hour
 	visibilityTimeoutMult = 2
 )
 
@@ -105,7 +109,9 @@ type Subscription struct {
 	RateLimit         float64           `json:"rate_limit"`
 	Ordered           bool              `json:"ordered"`
 	Headers           map[string]string `json:"headers"`
-	Secret            string            `json:"secret,omitempty"`
+	// DLQRetention is how long a dead letter is kept.
+	DLQRetention Duration `json:"dlq_retention"`
+	Secret       string   `json:"secret,omitempty"`
 	// PreviousSecret keeps signing beside Secret until PreviousSecretUntil (after a rotation).
 	PreviousSecret      string     `json:"previous_secret,omitempty"`
 	PreviousSecretUntil *time.Time `json:"previous_secret_until,omitempty"`
@@ -132,6 +138,7 @@ type SubscriptionInput struct {
 	RateLimit         *float64          `json:"rate_limit"`
 	Ordered           bool              `json:"ordered"`
 	Headers           map[string]string `json:"headers"`
+	DLQRetention      *Duration         `json:"dlq_retention"`
 	Secret            string            `json:"secret"`
 	Paused            bool              `json:"paused"`
 }
@@ -178,6 +185,7 @@ func (in *SubscriptionInput) Build(name string) (*Subscription, error) {
 		MaxInFlight:   DefaultMaxInFlight,
 		Ordered:       in.Ordered,
 		Headers:       in.Headers,
+		DLQRetention:  Duration(DefaultDLQRetention),
 		Secret:        in.Secret,
 		Paused:        in.Paused,
 	}
@@ -291,6 +299,12 @@ func (in *SubscriptionInput) Build(name string) (*Subscription, error) {
 	}
 	if s.RateLimit < 0 || s.RateLimit > 1e6 {
 		return nil, &FieldError{"rate_limit", "must be between 0 (no limit) and 1000000"}
+	}
+	if in.DLQRetention != nil {
+		s.DLQRetention = *in.DLQRetention
+	}
+	if s.DLQRetention < Duration(time.Second) || s.DLQRetention > Duration(MaxDLQRetention) {
+		return nil, &FieldError{"dlq_retention", "must be between 1s and 8784h (366 days)"}
 	}
 	if len(s.Headers) > MaxStaticHeaders {
 		return nil, &FieldError{"headers", fmt.Sprintf("at most %d headers", MaxStaticHeaders)}

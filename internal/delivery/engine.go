@@ -93,6 +93,11 @@ type Options struct {
 	// RegistryLost, when set, is called when the subscription registry, once seen, is found
 	// missing (Redis lost its data), so the caller can restore what it knows.
 	RegistryLost func(ctx context.Context)
+	// OnApply, when set, is called with every registry snapshot the engine applies.
+	OnApply func(subs []*core.Subscription)
+	// Touch, when set, is called with a subject each time entries were read from it (the
+	// retention trimmer looks at subjects with traffic).
+	Touch func(subject string)
 }
 
 // Engine delivers every active subscription. Start it once; Shutdown it once (a second
@@ -156,6 +161,12 @@ func New(b Broker, opts Options) *Engine {
 	}
 	if opts.Block <= 0 {
 		opts.Block = 250 * time.Millisecond
+	}
+	if opts.OnApply == nil {
+		opts.OnApply = func([]*core.Subscription) {}
+	}
+	if opts.Touch == nil {
+		opts.Touch = func(string) {}
 	}
 	abortCtx, abort := context.WithCancel(context.Background())
 	watchCtx, unwatch := context.WithCancel(context.Background())
@@ -264,7 +275,7 @@ const statsFlushEvery = time.Second
 func (e *Engine) flushStatsLoop() {
 	t := time.NewTicker(statsFlushEvery)
 	defer t.Stop()
-	for {
+	for n := 1; ; n++ {
 		select {
 		case <-e.flushStop:
 			e.flushStats(true)
@@ -272,6 +283,25 @@ func (e *Engine) flushStatsLoop() {
 		case <-t.C:
 			e.flushStats(false)
 			e.report()
+			if n%60 == 0 {
+				e.pruneProcesses()
+			}
+		}
+	}
+}
+
+// pruneProcesses removes the reports of processes silent for processForget (killed, or
+// gone without a clean stop), so bridge:processes stays as small as the live fleet.
+func (e *Engine) pruneProcesses() {
+	ctx, cancel := e.redisCtx(settleTimeout)
+	defer cancel()
+	procs, err := e.b.Processes(ctx)
+	if err != nil {
+		return
+	}
+	for name, p := range procs {
+		if time.Since(p.At) > processForget {
+			_ = e.b.ForgetProcess(ctx, name)
 		}
 	}
 }
@@ -454,6 +484,7 @@ func (e *Engine) watch() {
 			subs, v, err = e.b.ListSubscriptions(ctx)
 			if err == nil {
 				e.apply(subs, v)
+				e.opts.OnApply(subs)
 				version = v
 				e.report()
 			}

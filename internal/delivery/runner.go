@@ -331,6 +331,9 @@ func (r *runner) loop() {
 		ctx, cancel := r.e.redisCtx(r.e.opts.Block + settleTimeout)
 		msgs, err := r.e.b.Read(ctx, r.sub, r.readConsumer(), n-used, r.readBlock(true))
 		cancel()
+		if len(msgs) > 0 {
+			r.e.opts.Touch(r.sub.Subject)
+		}
 		if errors.Is(err, core.ErrNoGroup) {
 			err = r.recreateGroup()
 		}

@@ -129,6 +129,7 @@ func (a *api) publish(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		a.opts.Metrics.Published(subject, "stream", 1)
+		a.opts.Touch(subject)
 		writeJSON(w, http.StatusAccepted, publishResponse{ID: id, Subject: subject})
 		return
 	}
@@ -139,6 +140,7 @@ func (a *api) publish(w http.ResponseWriter, r *http.Request) {
 	}
 	if !res.Duplicate {
 		a.opts.Metrics.Published(subject, "stream", 1)
+		a.opts.Touch(subject)
 	}
 	writeJSON(w, http.StatusAccepted, publishResponse{ID: res.ID, Subject: subject, Duplicate: res.Duplicate})
 }
@@ -348,6 +350,9 @@ func (a *api) publishBatch(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		a.opts.Metrics.Published(subject, "stream", written)
+		if written > 0 {
+			a.opts.Touch(subject)
+		}
 		if allUnavailable(results) {
 			writeProblem(w, "redis_unavailable", "redis did not confirm any message of the batch; retry later")
 			return

@@ -73,6 +73,9 @@ type Options struct {
 	Metrics Metrics
 	// MetricsHandler, when set, is served at GET /metrics (no token: scrapers rarely carry one).
 	MetricsHandler http.Handler
+	// Touch, when set, is called with the subject of every stream publish (the retention
+	// trimmer looks at subjects with traffic).
+	Touch func(subject string)
 }
 
 // Metrics is what the API reports.
@@ -116,6 +119,9 @@ func NewHandler(b Broker, reg Registry, e Engine, opts Options) http.Handler {
 	}
 	if opts.MaxBody <= 0 {
 		opts.MaxBody = 1 << 20
+	}
+	if opts.Touch == nil {
+		opts.Touch = func(string) {}
 	}
 	a := &api{b: b, reg: reg, e: e, opts: opts, log: opts.Logger}
 	r := chi.NewRouter()

@@ -31,6 +31,7 @@ func view(s *core.Subscription) subscriptionView {
 }
 
 type statsView struct {
+	StreamLength *int64     `json:"stream_length,omitempty"`
 	Lag          int64      `json:"lag"`
 	Pending      int64      `json:"pending"`
 	Retrying     int64      `json:"retrying"`
@@ -40,6 +41,7 @@ type statsView struct {
 	Retried      int64      `json:"retried"`
 	DeadLettered int64      `json:"dead_lettered"`
 	Lost         int64      `json:"lost"`
+	Expired      int64      `json:"expired"`
 	LastStatus   int64      `json:"last_status"`
 	LastError    string     `json:"last_error"`
 	LastPushAt   *time.Time `json:"last_push_at,omitempty"`
@@ -146,7 +148,10 @@ func (a *api) getSubscription(w http.ResponseWriter, r *http.Request) {
 	sv := statsView{
 		Lag: gs.Lag, Pending: gs.Pending, Retrying: gs.Retrying, DLQSize: gs.DLQSize,
 		InFlight: sh.InFlight, Delivered: sh.Delivered, Retried: sh.Retried, DeadLettered: sh.DeadLettered,
-		Lost: sh.Lost, LastStatus: int64(sh.LastStatus), LastError: sh.LastError,
+		Lost: sh.Lost, Expired: sh.Expired, LastStatus: int64(sh.LastStatus), LastError: sh.LastError,
+	}
+	if s.Transport == "stream" {
+		sv.StreamLength = &gs.StreamLength
 	}
 	if !sh.LastAt.IsZero() {
 		sv.LastPushAt = &sh.LastAt

@@ -36,6 +36,9 @@ type Metrics struct {
 	responses     *prometheus.CounterVec
 	lost          *prometheus.CounterVec
 	schedDropped  *prometheus.CounterVec
+	streamEntries *prometheus.GaugeVec
+	trimmed       *prometheus.CounterVec
+	expired       *prometheus.CounterVec
 }
 
 // New registers the bridge's metrics, plus Go runtime and process metrics.
@@ -65,8 +68,18 @@ func New() *Metrics {
 		schedDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bridge_scheduled_dropped_total", Help: "Scheduled messages dropped at their due time because the subject's key holds another type.",
 		}, []string{"subject"}),
+		streamEntries: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "bridge_stream_entries", Help: "Entries in the subject's stream after the last retention pass of this process.",
+		}, []string{"subject"}),
+		trimmed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_trimmed_total", Help: "Stream entries removed by retention (acknowledged by every group, or past BRIDGE_MAX_RETENTION).",
+		}, []string{"subject"}),
+		expired: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_expired_total", Help: "Messages removed by BRIDGE_MAX_RETENTION before the subscription read or acknowledged them.",
+		}, []string{"subscription"}),
 	}
 	m.reg.MustRegister(m.published, m.publishErrors, m.pushes, m.pushDuration, m.responses, m.lost, m.schedDropped,
+		m.streamEntries, m.trimmed, m.expired,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -121,6 +134,38 @@ func (m *Metrics) ScheduledDropped(subject string) {
 		return
 	}
 	m.schedDropped.WithLabelValues(subject).Inc()
+}
+
+// StreamEntries records a stream's length after a retention pass.
+func (m *Metrics) StreamEntries(subject string, n int64) {
+	if m == nil {
+		return
+	}
+	m.streamEntries.WithLabelValues(subject).Set(float64(n))
+}
+
+// Trimmed counts entries retention removed from a subject's stream.
+func (m *Metrics) Trimmed(subject string, n int64) {
+	if m == nil {
+		return
+	}
+	m.trimmed.WithLabelValues(subject).Add(float64(n))
+}
+
+// Expired counts messages a subscription lost to the hard retention cap.
+func (m *Metrics) Expired(sub string, n int64) {
+	if m == nil {
+		return
+	}
+	m.expired.WithLabelValues(sub).Add(float64(n))
+}
+
+// ForgetStream drops the gauge of a stream that no longer exists.
+func (m *Metrics) ForgetStream(subject string) {
+	if m == nil {
+		return
+	}
+	m.streamEntries.DeleteLabelValues(subject)
 }
 
 var (
