@@ -304,7 +304,7 @@ func TestDeleteDuringFailingPushesLeavesNothing(t *testing.T) {
 		br.publish(subject, []byte(strconv.Itoa(i)))
 	}
 	// Some are retrying already, 16 are on the wire.
-	redistest.Eventually(t, 10*time.Second, func() bool { return failing.count() > 16 && inFlight.Load() == 16 }, "pushes not in flight")
+	redistest.Eventually(t, 10*time.Second, func() bool { return failing.count() > 16 && inFlight.Load() == 16 }, "pushes not in flight: %d pushes, %d in flight", failing.count(), inFlight.Load())
 	if code := br.do("DELETE", "/v1/subscriptions/delfly", nil, nil); code != http.StatusNoContent {
 		t.Fatalf("delete: %d", code)
 	}
@@ -484,17 +484,19 @@ func TestShutdownWithinGraceWhenRedisIsDown(t *testing.T) {
 	br := startBridge(t, redisURL(rs), "BRIDGE_SHUTDOWN_GRACE=2s")
 	release := make(chan struct{})
 	var once sync.Once
-	t.Cleanup(func() { once.Do(func() { close(release) }) })
 	rc := newReceiver(t, func(w http.ResponseWriter, _ push, _ int) {
 		<-release
 		w.WriteHeader(http.StatusNoContent)
 	})
+	// After the receiver's own cleanup was registered, so it runs first: its Close waits
+	// for these handlers.
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
 	subject := uniq("downstop")
 	br.subscribe("downstop", fastSub(rc.URL, subject, map[string]any{"timeout": "20s", "max_in_flight": 8}))
 	for i := range 8 {
 		br.publish(subject, []byte(strconv.Itoa(i)))
 	}
-	redistest.Eventually(t, 10*time.Second, func() bool { return rc.count() == 8 }, "pushes not in flight")
+	redistest.Eventually(t, 10*time.Second, func() bool { return rc.count() == 8 }, "%d of 8 pushes in flight", rc.count())
 	rs.Kill(t)
 	_ = br.cmd.Process.Signal(syscall.SIGTERM)
 	time.Sleep(300 * time.Millisecond)

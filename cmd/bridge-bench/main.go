@@ -72,6 +72,9 @@ type options struct {
 	only        string
 	rounds      int
 	soakN       int
+	idleSubs    []int
+	fanout      int
+	scaleOnly   bool
 	json        bool
 }
 
@@ -87,8 +90,28 @@ func parseFlags() options {
 	flag.IntVar(&o.rounds, "rounds", 2, "rounds per server, alternating which server goes first; the best round of each is reported")
 	flag.StringVar(&o.only, "only", "both", "servers to measure: bridge, minimal (the in-run reference implementation) or both")
 	flag.IntVar(&o.soakN, "soak-n", 500000, "messages in the soak (bridge only, short retention; Redis memory must come back down); 0 skips it")
+	idle := flag.String("idle-subs", "1000,10000", "comma-separated numbers of idle subscriptions to measure (bridge only); empty skips")
+	flag.IntVar(&o.fanout, "fanout", 100, "subscriptions on one subject in the fan-out phase (bridge only); 0 skips the push-rate phases")
+	flag.BoolVar(&o.scaleOnly, "scale-only", false, "run only the scale phases (idle subscriptions, fan-out, spread)")
+	flag.Func("bridge-env", "KEY=VALUE added to every bridge the benchmark starts (repeatable), e.g. BRIDGE_PPROF_LISTEN=127.0.0.1:6060", func(v string) error {
+		if !strings.HasPrefix(v, "BRIDGE_") || !strings.Contains(v, "=") {
+			return fmt.Errorf("want BRIDGE_NAME=value")
+		}
+		extraBridgeEnv = append(extraBridgeEnv, v)
+		return nil
+	})
 	flag.BoolVar(&o.json, "json", false, "also print the results as JSON")
 	flag.Parse()
+	for _, f := range strings.Split(*idle, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 || n > 100000 {
+			usageError("-idle-subs takes numbers between 1 and 100000")
+		}
+		o.idleSubs = append(o.idleSubs, n)
+	}
 	switch {
 	case o.duration <= 0 || o.duration > time.Hour:
 		usageError("-duration must be between 0 and 1h")
@@ -143,6 +166,8 @@ type results struct {
 	Minimal *serverResult `json:"minimal,omitempty"`
 	// Soak is the bridge's retention soak (-soak-n).
 	Soak *soakResult `json:"soak,omitempty"`
+	// Scale holds the idle-subscription and push-rate phases (bridge only).
+	Scale *scaleResults `json:"scale,omitempty"`
 	// Comparison holds the target ratios, when both servers were measured.
 	Comparison []comparison `json:"comparison,omitempty"`
 	// Problems are observations that point at a bug (failed phases, lost or
@@ -327,6 +352,9 @@ func run(ctx context.Context, o options) (res *results, err error) {
 	// average at both ends is in the report) does not always favour the same one; each
 	// server's best round, by end-to-end throughput, is reported.
 	for round := range o.rounds {
+		if o.scaleOnly {
+			break
+		}
 		order := targets
 		if round%2 == 1 {
 			order = []target{}
@@ -359,7 +387,16 @@ func run(ctx context.Context, o options) (res *results, err error) {
 		}
 	}
 	res.Comparison = compare(res.Bridge, res.Minimal)
-	if o.soakN > 0 && o.only != "minimal" {
+	if o.only != "minimal" && (len(o.idleSubs) > 0 || o.fanout > 0) {
+		problem := func(format string, args ...any) {
+			res.Problems = append(res.Problems, "bridge: "+fmt.Sprintf(format, args...))
+		}
+		res.Scale = runScale(ctx, o, bridgeBin, dir, redisAddr, problem)
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+	}
+	if o.soakN > 0 && o.only != "minimal" && !o.scaleOnly {
 		step(fmt.Sprintf("soak: %d messages through the bridge", o.soakN))
 		problem := func(format string, args ...any) {
 			res.Problems = append(res.Problems, "bridge: "+fmt.Sprintf(format, args...))

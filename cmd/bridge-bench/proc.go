@@ -343,8 +343,12 @@ func bridgeEnv(settings map[string]string) []string {
 	for k, v := range settings {
 		env = append(env, k+"="+v)
 	}
-	return env
+	// -bridge-env comes last, so it can override any setting of the benchmark's.
+	return append(env, extraBridgeEnv...)
 }
+
+// extraBridgeEnv is -bridge-env: settings added to every bridge the benchmark starts.
+var extraBridgeEnv []string
 
 // memStatus reads the peak (VmHWM) and current (VmRSS) resident set size of
 // pid in bytes from /proc. Linux only; elsewhere it returns an error.

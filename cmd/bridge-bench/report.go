@@ -241,6 +241,7 @@ func printTable(w io.Writer, r *results) {
 		num(issuePublishRPS), num(issueDrainRPS), num(issueE2ERPS), ms(issueE2EP99))
 
 	printSoak(p, r.Soak)
+	printScale(p, r.Scale)
 	for _, s := range []struct {
 		name string
 		r    *serverResult

@@ -4,8 +4,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -15,6 +17,7 @@ import (
 	"github.com/bridge-dev/bridge/internal/auth"
 	"github.com/bridge-dev/bridge/internal/broker"
 	"github.com/bridge-dev/bridge/internal/config"
+	"github.com/bridge-dev/bridge/internal/core"
 	"github.com/bridge-dev/bridge/internal/delivery"
 	httpapi "github.com/bridge-dev/bridge/internal/http"
 	"github.com/bridge-dev/bridge/internal/metrics"
@@ -107,8 +110,9 @@ func run(ctx context.Context, environ []string) error {
 				log.Error("could not apply the subscriptions file again", zap.Error(err))
 			}
 		},
-		OnApply: trimmer.SetSubscriptions,
-		Touch:   trimmer.Touch,
+		OnApply:      trimmer.SetSubscriptions,
+		Touch:        trimmer.Touch,
+		PollInterval: time.Duration(cfg.PollInterval),
 	})
 	mx.WatchSubscriptions(subscriptionGauges(b, engine))
 	if err := applyFile(ctx); err != nil {
@@ -126,8 +130,15 @@ func run(ctx context.Context, environ []string) error {
 		OpenAPI:           api.OpenAPI,
 		Metrics:           mx,
 		MetricsHandler:    mx.Handler(),
-		Touch:             trimmer.Touch,
-		Logger:            log.Named("http"),
+		Published: func(subject string, t core.Transport) {
+			if t == core.TransportStream {
+				trimmer.Touch(subject)
+			}
+			if t != core.TransportPubSub {
+				engine.Published(subject)
+			}
+		},
+		Logger: log.Named("http"),
 	})
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -138,6 +149,16 @@ func run(ctx context.Context, environ []string) error {
 		log.Warn("no BRIDGE_TOKEN or BRIDGE_TOKENS_FILE: the API is open to anyone who can reach " + ln.Addr().String())
 	} else {
 		log.Info("API tokens loaded", zap.Int("tokens", tokens.Current().Len()))
+	}
+	if cfg.PprofListen != "" {
+		prof := httpapi.NewPprofServer(cfg.PprofListen)
+		go func() {
+			if err := prof.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("BRIDGE_PPROF_LISTEN", zap.Error(err))
+			}
+		}()
+		defer prof.Close()
+		log.Info("profiles served", zap.String("addr", cfg.PprofListen))
 	}
 	engine.Start()
 	trimmer.Start()

@@ -41,27 +41,6 @@ func (b *Broker) Ping(ctx context.Context) error {
 	return classify(b.c.Do(ctx, b.c.B().Ping().Build()).Error())
 }
 
-// Key layout. The subject is the stream key itself (ruststream-fred interop). Every other
-// key of a subject carries "{subject}" as its hash tag; a key without braces hashes as a
-// whole, so "orders" and "bridge:{orders}:…" share a cluster slot and scripts touching
-// both stay legal on Redis Cluster. Subjects cannot contain braces.
-const subscriptionsKey = "bridge:subscriptions"
-
-func groupName(sub string) string { return "bridge:" + sub }
-
-func retryKey(subject, sub string) string     { return "bridge:{" + subject + "}:retry:" + sub }
-func retryDataKey(subject, sub string) string { return "bridge:{" + subject + "}:retry-data:" + sub }
-func retryCountKey(subject, sub string) string {
-	return "bridge:{" + subject + "}:retry-count:" + sub
-}
-func dlqKey(subject, sub string) string { return "bridge:{" + subject + "}:dlq:" + sub }
-
-// markerKey holds the incarnation of a live subscription (see core.Subscription.Incarnation)
-// in its subject's slot. Every script that writes a subscription's own keys checks it first,
-// so a push still in flight when its subscription was deleted (or deleted and created again)
-// settles without writing anything.
-func markerKey(subject, sub string) string { return "bridge:{" + subject + "}:sub:" + sub }
-
 // gone is what a marker-checking script answers when the subscription is not the live one.
 const gone = -1
 
@@ -77,12 +56,6 @@ func checkGone(res rueidis.RedisResult) error {
 const markerLua = `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 `
-
-// Stream fields of ruststream-fred's layout.
-const (
-	payloadField = "_payload"
-	headerPrefix = "h:"
-)
 
 // classify maps Redis and transport failures onto the sentinel errors the HTTP layer and
 // the engine branch on. Redis reports these conditions only through the error code word at
@@ -118,4 +91,20 @@ func classify(err error) error {
 func isNoGroup(err error) bool {
 	re, ok := rueidis.IsRedisErr(err)
 	return ok && strings.HasPrefix(re.Error(), "NOGROUP")
+}
+
+// MarkLive records s as the live subscription of its name, so its settlements may write
+// its keys (see markerKey). Called when a subscription is created or found without a marker.
+func (b *Broker) MarkLive(ctx context.Context, s *core.Subscription) error {
+	err := b.c.Do(ctx, b.c.B().Set().Key(markerKey(s.Subject, s.Name)).Value(s.Incarnation()).Build()).Error()
+	if err != nil {
+		return fmt.Errorf("mark %s live: %w", s.Name, classify(err))
+	}
+	return nil
+}
+
+func isNoKey(err error) bool {
+	re, ok := rueidis.IsRedisErr(err)
+	// XGROUP DESTROY on a missing key answers "ERR The XGROUP subcommand requires the key to exist".
+	return ok && strings.Contains(re.Error(), "requires the key to exist")
 }

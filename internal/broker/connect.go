@@ -58,6 +58,9 @@ func Connect(opts ConnOptions) (*Conn, error) {
 			InitAddress:       []string{m.Addr()},
 			DisableCache:      true,
 			ForceSingleClient: true,
+			// The embedded server speaks RESP3 but refuses commands on a subscribed
+			// connection; over RESP2 rueidis keeps Pub/Sub on a connection of its own.
+			AlwaysRESP2: true,
 		})
 		if err != nil {
 			m.Close()

@@ -5,11 +5,26 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/bridge-dev/bridge/internal/core"
 	"github.com/redis/rueidis"
+)
+
+var (
+	// KEYS: marker, dlq, source, zset, data, counts, list counts. ARGV: incarnation, mode,
+	// group, handle, id, then the DLQ entry's field/value pairs.
+	deadLetterScript = rueidis.NewLuaScript(settleLua + markerLua + `
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 6))
+settle(ARGV[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[3], ARGV[4], ARGV[5])
+return 1`)
+	// KEYS: dlq, zset, data, counts. ARGV: dlqEntryID, id, record, nowMs.
+	replayScript = rueidis.NewLuaScript(`
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[4], ARGV[2], 0)
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
+return 1`)
 )
 
 func decodeDeadLetter(subject string, e rueidis.XRangeEntry) core.DeadLetter {
@@ -35,9 +50,6 @@ func decodeDeadLetter(subject string, e rueidis.XRangeEntry) core.DeadLetter {
 	}
 	return d
 }
-
-// sizeField is added by pageScript to an entry whose payload it cut: the whole size.
-const sizeField = "_size"
 
 // pageScript reads up to ARGV[2] entries of a dead-letter stream after ARGV[1] ("-" for
 // the start, "(<id>" after an id), each payload cut to ARGV[3] bytes, and stops early once
@@ -266,117 +278,46 @@ func replayRecord(s *core.Subscription, d core.DeadLetter) (id, rec string, err 
 	return id, string(raw), err
 }
 
-// SubscriptionStats reads lag and pending (XINFO GROUPS), the retry set size and the DLQ size.
-func (b *Broker) SubscriptionStats(ctx context.Context, s *core.Subscription) (core.GroupStats, error) {
-	if s.Transport == "list" || s.Transport == "pubsub" {
-		return b.otherStats(ctx, s)
+// DeadLetter copies m into the subscription's own dead-letter stream (ruststream-fred layout
+// plus x-dead-letter-reason and the bridge's own _-fields) and settles the original, in one
+// script.
+func (b *Broker) DeadLetter(ctx context.Context, s *core.Subscription, m *core.Message, info core.DeadLetterInfo) error {
+	mode, src := settleMode(s, m)
+	args := make([]string, 0, 19+2*len(m.Headers))
+	args = append(args, s.Incarnation(), mode, groupName(s.Name), m.EntryID, m.ID,
+		payloadField, rueidis.BinaryString(m.Body))
+	for k, v := range m.Headers {
+		if k == core.HeaderDeadLetterReason {
+			continue
+		}
+		args = append(args, headerPrefix+k, v)
 	}
-	var st core.GroupStats
-	res := b.c.DoMulti(ctx,
-		b.c.B().XinfoGroups().Key(s.Subject).Build(),
-		b.c.B().Zcard().Key(retryKey(s.Subject, s.Name)).Build(),
-		b.c.B().Xlen().Key(dlqKey(s.Subject, s.Name)).Build(),
-		b.c.B().Hgetall().Key(statsKey(s.Subject, s.Name)).Build(),
-		b.c.B().Xlen().Key(s.Subject).Build(),
+	args = append(args,
+		headerPrefix+core.HeaderDeadLetterReason, info.Reason,
+		"_id", m.ID,
+		"_status", strconv.Itoa(info.LastStatus),
+		"_error", info.LastError,
+		"_deliveries", strconv.Itoa(m.Deliveries),
+		"_time", strconv.FormatInt(info.At.UnixMilli(), 10),
 	)
-	groups, err := res[0].ToArray()
-	if err != nil && !isNoKey(err) && !rueidis.IsRedisNil(err) {
-		re, ok := rueidis.IsRedisErr(err)
-		if !ok || !strings.Contains(re.Error(), "no such key") {
-			return st, fmt.Errorf("xinfo groups %s: %w", s.Subject, classify(err))
-		}
+	keys := []string{markerKey(s.Subject, s.Name), dlqKey(s.Subject, s.Name), src, retryKey(s.Subject, s.Name), retryDataKey(s.Subject, s.Name),
+		retryCountKey(s.Subject, s.Name), listCountKey(s.Subject, s.Name)}
+	if err := checkGone(deadLetterScript.Exec(ctx, b.c, keys, args)); err != nil {
+		return fmt.Errorf("dead-letter %s: %w", m.ID, classify(err))
 	}
-	for _, g := range groups {
-		kv, err := g.AsMap()
-		if err != nil {
-			continue
-		}
-		name, pending, lag := kv["name"], kv["pending"], kv["lag"]
-		if n, _ := name.ToString(); n != groupName(s.Name) {
-			continue
-		}
-		st.Pending, _ = pending.AsInt64()
-		// Redis leaves lag (and entries-read) null when it cannot tell, after a SETID or a
-		// deletion; the embedded server always reports the stream's length. Count instead.
-		if read := kv["entries-read"]; read.IsNil() || lag.IsNil() {
-			ldi := kv["last-delivered-id"]
-			last, _ := ldi.ToString()
-			st.Lag, err = b.countAfter(ctx, s.Subject, last)
-			if err != nil {
-				return st, err
-			}
-		} else {
-			st.Lag, _ = lag.AsInt64()
-		}
-	}
-	st.Retrying, _ = res[1].AsInt64()
-	st.DLQSize, _ = res[2].AsInt64()
-	st.StreamLength, _ = res[4].AsInt64()
-	fields, _ := res[3].AsStrMap()
-	st.Shared = decodeShared(fields, time.Now())
-	return st, nil
+	return nil
 }
 
-// otherStats are the figures of list and Pub/Sub subscriptions: a list's lag is its length
-// and its pending messages are those in the processing lists; Pub/Sub keeps nothing.
-func (b *Broker) otherStats(ctx context.Context, s *core.Subscription) (core.GroupStats, error) {
-	var st core.GroupStats
-	cmds := rueidis.Commands{
-		b.c.B().Hgetall().Key(statsKey(s.Subject, s.Name)).Build(),
-		b.c.B().Zcard().Key(retryKey(s.Subject, s.Name)).Build(),
-		b.c.B().Xlen().Key(dlqKey(s.Subject, s.Name)).Build(),
+// PurgeDeadLetters deletes the subscription's dead letters and returns how many there were.
+func (b *Broker) PurgeDeadLetters(ctx context.Context, s *core.Subscription) (int64, error) {
+	key := dlqKey(s.Subject, s.Name)
+	res := b.c.DoMulti(ctx, b.c.B().Xlen().Key(key).Build(), b.c.B().Del().Key(key).Build())
+	n, err := res[0].AsInt64()
+	if err == nil {
+		err = res[1].Error()
 	}
-	if s.Transport == "list" {
-		cmds = append(cmds, b.c.B().Llen().Key(s.Subject).Build(),
-			b.c.B().Zrange().Key(consumersKey(s.Subject, s.Name)).Min("0").Max("-1").Build())
-	}
-	res := b.c.DoMulti(ctx, cmds...)
-	fields, err := res[0].AsStrMap()
-	if err != nil && !rueidis.IsRedisNil(err) {
-		return st, fmt.Errorf("stats of %s: %w", s.Name, classify(err))
-	}
-	st.Shared = decodeShared(fields, time.Now())
-	st.Retrying, _ = res[1].AsInt64()
-	st.DLQSize, _ = res[2].AsInt64()
-	if s.Transport == "list" {
-		st.Lag, _ = res[3].AsInt64()
-		consumers, _ := res[4].AsStrSlice()
-		if len(consumers) > 0 {
-			lens := make(rueidis.Commands, len(consumers))
-			for i, c := range consumers {
-				lens[i] = b.c.B().Llen().Key(processingKey(s.Subject, s.Name, c)).Build()
-			}
-			for _, r := range b.c.DoMulti(ctx, lens...) {
-				n, _ := r.AsInt64()
-				st.Pending += n
-			}
-		}
-	}
-	return st, nil
-}
-
-// lagCountCap bounds how far countAfter counts; a lag beyond it shows as the cap.
-const lagCountCap = 100000
-
-// countAfterScript counts the entries of a stream after an id, a hundred at a time, up to
-// a cap. KEYS: stream. ARGV: id, cap.
-var countAfterScript = rueidis.NewLuaScript(`
-local n, start, cap = 0, '(' .. ARGV[1], tonumber(ARGV[2])
-while n < cap do
-  local e = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 100)
-  if #e == 0 then break end
-  n = n + #e
-  start = '(' .. e[#e][1]
-end
-return n`)
-
-func (b *Broker) countAfter(ctx context.Context, stream, id string) (int64, error) {
-	if id == "" {
-		id = "0-0"
-	}
-	n, err := countAfterScript.Exec(ctx, b.c, []string{stream}, []string{id, strconv.Itoa(lagCountCap)}).AsInt64()
 	if err != nil {
-		return 0, fmt.Errorf("count entries of %s: %w", stream, classify(err))
+		return 0, fmt.Errorf("purge dlq of %s: %w", s.Name, classify(err))
 	}
 	return n, nil
 }

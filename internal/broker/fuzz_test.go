@@ -3,11 +3,12 @@ package broker
 import (
 	"bytes"
 	"encoding/json"
-	"golang.org/x/net/http/httpguts"
 	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/bridge-dev/bridge/internal/core"
 	"github.com/redis/rueidis"

@@ -2,70 +2,14 @@ package broker
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/bridge-dev/bridge/internal/core"
 	"github.com/redis/rueidis"
-	"golang.org/x/net/http/httpguts"
 )
-
-// Envelope is how a message travels on a list or a Pub/Sub channel, which carry one string
-// each: JSON with the message id, its lower-case headers and the body as base64.
-//
-//	{"id":"orders:l1732420000000-9f86d081","headers":{"content-type":"text/plain"},"payload":"aGVsbG8="}
-//
-// A value that is not such an envelope (pushed by another producer) is delivered as it is,
-// with content-type application/octet-stream.
-type Envelope struct {
-	ID      string            `json:"id"`
-	Headers map[string]string `json:"headers,omitempty"`
-	Payload []byte            `json:"payload"`
-}
-
-func newMessageID(subject, kind string) string {
-	var r [6]byte
-	_, _ = rand.Read(r[:])
-	return idPrefix(subject) + kind + strconv.FormatInt(time.Now().UnixMilli(), 10) + "-" + hex.EncodeToString(r[:])
-}
-
-func encodeEnvelope(id string, body []byte, headers map[string]string) string {
-	raw, _ := json.Marshal(Envelope{ID: id, Headers: headers, Payload: body}) // cannot fail
-	return string(raw)
-}
-
-// decodeEnvelope turns a list or channel value into a message; foreign values get an id
-// derived from their content so redeliveries of the same value keep it.
-func decodeEnvelope(subject, raw string) core.Message {
-	var env Envelope
-	if err := json.Unmarshal([]byte(raw), &env); err == nil && validID(env.ID) && env.Payload != nil {
-		h := make(map[string]string, len(env.Headers))
-		for k, v := range env.Headers {
-			if httpguts.ValidHeaderFieldName(k) && httpguts.ValidHeaderFieldValue(v) {
-				h[strings.ToLower(k)] = v
-			}
-		}
-		return core.Message{ID: env.ID, Subject: subject, Body: env.Payload, Headers: h}
-	}
-	return core.Message{
-		ID: idPrefix(subject) + "x" + contentID(raw), Subject: subject, Body: []byte(raw),
-		Headers: map[string]string{core.HeaderContentType: "application/octet-stream"},
-	}
-}
-
-func contentID(raw string) string {
-	h := uint64(14695981039346656037) // FNV-1a: an id, not a security property
-	for i := 0; i < len(raw); i++ {
-		h ^= uint64(raw[i])
-		h *= 1099511628211
-	}
-	return strconv.FormatUint(h, 16)
-}
 
 // PublishList pushes a message onto the subject's list (LPUSH: FIFO for right-poppers).
 func (b *Broker) PublishList(ctx context.Context, subject string, body []byte, headers map[string]string) (string, error) {
@@ -77,14 +21,6 @@ func (b *Broker) PublishList(ctx context.Context, subject string, body []byte, h
 	return id, nil
 }
 
-// List keys of a reliable list subscription: each process moves messages into its own
-// processing list and proves it is alive with a heartbeat in the consumers zset.
-func processingKey(subject, sub, consumer string) string {
-	return "bridge:{" + subject + "}:processing:" + sub + ":" + consumer
-}
-func consumersKey(subject, sub string) string { return "bridge:{" + subject + "}:consumers:" + sub }
-func listCountKey(subject, sub string) string { return "bridge:{" + subject + "}:list-count:" + sub }
-
 // Heartbeat records that consumer is alive and working on its processing list of s.
 func (b *Broker) Heartbeat(ctx context.Context, s *core.Subscription, consumer string) error {
 	err := b.c.Do(ctx, b.c.B().Zadd().Key(consumersKey(s.Subject, s.Name)).ScoreMember().
@@ -92,47 +28,34 @@ func (b *Broker) Heartbeat(ctx context.Context, s *core.Subscription, consumer s
 	return classify(err)
 }
 
-// PopList takes up to count messages of a list subscription. Reliable mode moves each into
-// the caller's processing list (LMOVE, pipelined; BLMOVE waiting up to block when the list
-// is empty) and counts the delivery; simple mode pops them (RPOP count, BRPOP when empty):
-// at-most-once, nothing to settle.
-func (b *Broker) PopList(ctx context.Context, s *core.Subscription, consumer string, count int, block time.Duration) ([]core.Message, error) {
-	if s.ListMode == "simple" {
-		return b.popSimple(ctx, s, count, block)
+// popScript moves up to ARGV[1] messages from the right of a list (KEYS[1]) to the left of
+// a processing list (KEYS[2]) and returns them; an empty list costs one LMOVE.
+var popScript = rueidis.NewLuaScript(`
+local out = {}
+for i = 1, tonumber(ARGV[1]) do
+  local v = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not v then break end
+  out[#out+1] = v
+end
+return out`)
+
+// PopList takes up to count messages of a list subscription without blocking. Reliable
+// mode moves each into the caller's processing list and counts the delivery; simple mode
+// pops them (RPOP count): at-most-once, nothing to settle.
+func (b *Broker) PopList(ctx context.Context, s *core.Subscription, consumer string, count int) ([]core.Message, error) {
+	if s.ListMode == core.ListSimple {
+		return b.popSimple(ctx, s, count)
 	}
 	proc := processingKey(s.Subject, s.Name, consumer)
-	cmds := make(rueidis.Commands, count)
-	for i := range cmds {
-		cmds[i] = b.c.B().Lmove().Source(s.Subject).Destination(proc).Right().Left().Build()
-	}
-	var raws []string
-	for _, r := range b.c.DoMulti(ctx, cmds...) {
-		v, err := r.ToString()
-		if rueidis.IsRedisNil(err) {
-			break
-		}
-		if err != nil {
-			if len(raws) > 0 {
-				break // deliver what moved; the error will show again on the next call
-			}
-			return nil, fmt.Errorf("lmove %s: %w", s.Subject, classify(err))
-		}
-		raws = append(raws, v)
-	}
-	if len(raws) == 0 && block >= 10*time.Millisecond {
-		v, err := b.c.Do(ctx, b.c.B().Blmove().Source(s.Subject).Destination(proc).Right().Left().Timeout(block.Seconds()).Build()).ToString()
-		if err != nil && !rueidis.IsRedisNil(err) {
-			return nil, fmt.Errorf("blmove %s: %w", s.Subject, classify(err))
-		}
-		if err == nil {
-			raws = append(raws, v)
-		}
+	raws, err := popScript.Exec(ctx, b.c, []string{s.Subject, proc}, []string{strconv.Itoa(count)}).AsStrSlice()
+	if err != nil && !rueidis.IsRedisNil(err) {
+		return nil, fmt.Errorf("pop %s: %w", s.Subject, classify(err))
 	}
 	if len(raws) == 0 {
 		return nil, nil
 	}
 	msgs := make([]core.Message, len(raws))
-	cmds = make(rueidis.Commands, len(raws))
+	cmds := make(rueidis.Commands, len(raws))
 	for i, raw := range raws {
 		msgs[i] = decodeEnvelope(s.Subject, raw)
 		msgs[i].Origin, msgs[i].EntryID, msgs[i].Queue = core.FromList, raw, proc
@@ -148,19 +71,10 @@ func (b *Broker) PopList(ctx context.Context, s *core.Subscription, consumer str
 	return msgs, nil
 }
 
-func (b *Broker) popSimple(ctx context.Context, s *core.Subscription, count int, block time.Duration) ([]core.Message, error) {
+func (b *Broker) popSimple(ctx context.Context, s *core.Subscription, count int) ([]core.Message, error) {
 	raws, err := b.c.Do(ctx, b.c.B().Rpop().Key(s.Subject).Count(int64(count)).Build()).AsStrSlice()
 	if err != nil && !rueidis.IsRedisNil(err) {
 		return nil, fmt.Errorf("rpop %s: %w", s.Subject, classify(err))
-	}
-	if len(raws) == 0 && block >= 10*time.Millisecond {
-		kv, err := b.c.Do(ctx, b.c.B().Brpop().Key(s.Subject).Timeout(block.Seconds()).Build()).AsStrSlice()
-		if err != nil && !rueidis.IsRedisNil(err) {
-			return nil, fmt.Errorf("brpop %s: %w", s.Subject, classify(err))
-		}
-		if len(kv) == 2 {
-			raws = kv[1:]
-		}
 	}
 	msgs := make([]core.Message, len(raws))
 	for i, raw := range raws {
@@ -265,4 +179,22 @@ func (b *Broker) CheckListKey(ctx context.Context, subject string) error {
 		return fmt.Errorf("%s holds a %s: %w", subject, t, core.ErrWrongType)
 	}
 	return nil
+}
+
+// ListLengths returns the length of each subject's list, in one pipelined round trip (a
+// missing or foreign key counts as empty).
+func (b *Broker) ListLengths(ctx context.Context, subjects []string) (map[string]int64, error) {
+	cmds := make(rueidis.Commands, len(subjects))
+	for i, s := range subjects {
+		cmds[i] = b.c.B().Llen().Key(s).Build()
+	}
+	out := make(map[string]int64, len(subjects))
+	for i, r := range b.c.DoMulti(ctx, cmds...) {
+		n, err := r.AsInt64()
+		if err != nil && !errors.Is(classify(err), core.ErrWrongType) {
+			return out, fmt.Errorf("llen %s: %w", subjects[i], classify(err))
+		}
+		out[subjects[i]] = n
+	}
+	return out, nil
 }

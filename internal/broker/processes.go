@@ -10,11 +10,6 @@ import (
 	"github.com/bridge-dev/bridge/internal/core"
 )
 
-// processesKey is a hash of the live bridge processes: consumer name -> "<applied registry
-// version>:<unix ms of the report>". A management call waits on it until every live process
-// has applied its change (SPEC §4).
-const processesKey = "bridge:processes"
-
 // ReportProcess records that consumer is alive and has applied the registry up to version.
 func (b *Broker) ReportProcess(ctx context.Context, consumer string, version int64) error {
 	v := strconv.FormatInt(version, 10) + ":" + strconv.FormatInt(time.Now().UnixMilli(), 10)

@@ -2,8 +2,8 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/bridge-dev/bridge/internal/core"
@@ -26,44 +26,60 @@ func (b *Broker) PublishPubSub(ctx context.Context, subject string, body []byte,
 	return id, n, nil
 }
 
-// SubscribePubSub receives the subscription's channel (or pattern) on a connection of its
-// own and calls fn for each message until ctx ends or the connection is lost (the error
-// says which). fn runs on the receiving goroutine.
-func (b *Broker) SubscribePubSub(ctx context.Context, s *core.Subscription, onSubscribed func(), fn func(core.Message)) error {
+// Receive subscribes to one channel or pattern and calls fn with each message (decoded
+// from its envelope; Subject is the channel it came on) until ctx ends (nil) or the
+// subscription is lost (the error says why). On RESP3 servers the subscription rides on
+// the client's shared connection, so any number of them costs no connection of its own.
+// fn runs on the connection's reader: it must not block.
+func (b *Broker) Receive(ctx context.Context, kind core.PubSubKind, channel string, fn func(core.Message)) error {
 	var cmd rueidis.Completed
-	switch {
-	case s.PubSubMode == "sharded":
-		cmd = b.c.B().Ssubscribe().Channel(s.Subject).Build()
-	case s.Pattern:
-		cmd = b.c.B().Psubscribe().Pattern(s.Subject).Build()
+	switch kind {
+	case core.SubscribeSharded:
+		cmd = b.c.B().Ssubscribe().Channel(channel).Build()
+	case core.SubscribePattern:
+		cmd = b.c.B().Psubscribe().Pattern(channel).Build()
 	default:
-		cmd = b.c.B().Subscribe().Channel(s.Subject).Build()
+		cmd = b.c.B().Subscribe().Channel(channel).Build()
 	}
-	dc, release := b.c.Dedicate()
-	defer release()
-	hooks := dc.SetPubSubHooks(rueidis.PubSubHooks{
-		OnSubscription: func(rueidis.PubSubSubscription) { onSubscribed() },
-		OnMessage: func(m rueidis.PubSubMessage) {
-			if strings.HasPrefix(m.Channel, core.ReservedPrefix) {
-				return // the bridge's own channels (a pattern such as "*" matches them too)
-			}
-			msg := decodeEnvelope(m.Channel, m.Message)
-			msg.Origin, msg.Deliveries = core.Unsettled, 1
-			fn(msg)
-		},
+	err := b.c.Receive(ctx, cmd, func(m rueidis.PubSubMessage) {
+		msg := decodeEnvelope(m.Channel, m.Message)
+		msg.Origin, msg.Deliveries = core.Unsettled, 1
+		fn(msg)
 	})
-	if err := dc.Do(ctx, cmd).Error(); err != nil {
-		return fmt.Errorf("subscribe %s: %w", s.Subject, classify(err))
-	}
-	select {
-	case err := <-hooks:
-		if err == nil {
-			err = fmt.Errorf("subscription connection closed")
-		}
-		return fmt.Errorf("subscribe %s: %w", s.Subject, classify(err))
-	case <-ctx.Done():
+	if ctx.Err() != nil {
 		return nil
 	}
+	if err == nil {
+		err = errors.New("unsubscribed")
+	}
+	return fmt.Errorf("subscribe %s: %w", channel, classify(err))
+}
+
+// ReceiveControl receives the bridge's own channels, like Receive: onChange for every
+// registry change ("<version>:<subscription name>"), onWake with the subject another
+// process published to.
+func (b *Broker) ReceiveControl(ctx context.Context, onChange func(change string), onWake func(subject string)) error {
+	err := b.c.Receive(ctx, b.c.B().Subscribe().Channel(ChangesChannel, WakeChannel).Build(),
+		func(m rueidis.PubSubMessage) {
+			if m.Channel == WakeChannel {
+				onWake(m.Message)
+				return
+			}
+			onChange(m.Message)
+		})
+	if ctx.Err() != nil {
+		return nil
+	}
+	if err == nil {
+		err = errors.New("unsubscribed")
+	}
+	return fmt.Errorf("subscribe to the bridge's channels: %w", classify(err))
+}
+
+// Wake tells the other bridge processes that subject has new messages (they read it
+// without waiting for their next sweep).
+func (b *Broker) Wake(ctx context.Context, subject string) error {
+	return classify(b.c.Do(ctx, b.c.B().Publish().Channel(WakeChannel).Message(subject).Build()).Error())
 }
 
 // pubsubSeenTTL bounds how long a Pub/Sub message id is remembered to keep processes from

@@ -10,16 +10,6 @@ import (
 	"github.com/redis/rueidis"
 )
 
-// ackedKey holds a subject's safe trim points as they were observed: member = the
-// smallest entry id some consumer group still needs, score = when it was first seen. The
-// newest sample older than the retention is what may go: everything before it had been
-// acknowledged by every group for at least that long.
-func ackedKey(subject string) string { return "bridge:{" + subject + "}:acked" }
-
-// subjectsKey remembers every subject the bridge published to, so any process trims the
-// streams of subjects that have no subscription.
-const subjectsKey = "bridge:subjects"
-
 // expiryBudget bounds how many entries one pass may expire per group under the hard cap:
 // counting them copies entries inside Redis, and a pass must stay short.
 const expiryBudget = 10000
@@ -165,6 +155,26 @@ end
 
 if minid ~= nil then out[2] = redis.call('XTRIM', stream, 'MINID', minid) end
 out[1] = redis.call('XLEN', stream)
+if #out > 3 then
+  -- Redis does not correct a group's entries-read when a trim removes entries it never
+  -- read, so its lag would stay too high for good. A group whose last-delivered id is
+  -- before what is left has every entry left still to read: say so.
+  local ok, sinfo = pcall(redis.call, 'XINFO', 'STREAM', stream)
+  if ok then
+    local added, first = nil, nil
+    for j = 1, #sinfo, 2 do
+      if sinfo[j] == 'entries-added' then added = sinfo[j+1] end
+      if sinfo[j] == 'first-entry' and type(sinfo[j+1]) == 'table' then first = sinfo[j+1][1] end
+    end
+    if added ~= nil then
+      for _, g in ipairs(info) do
+        if first == nil or less(g[2], first) then
+          pcall(redis.call, 'XGROUP', 'SETID', stream, g[1], g[2], 'ENTRIESREAD', added - out[1])
+        end
+      end
+    end
+  end
+end
 return out`)
 
 // staleInFlight is how old a process's in-flight report in a stats hash may get before a

@@ -11,10 +11,120 @@ import (
 	"github.com/redis/rueidis"
 )
 
-// A subscription's counters are shared by every process in one hash: counters grow by
-// HINCRBY; each process reports its in-flight count in its own field with the time it
-// wrote it, so a process that died stops counting once its report is stale.
-func statsKey(subject, sub string) string { return "bridge:{" + subject + "}:stats:" + sub }
+// SubscriptionStats reads lag and pending (XINFO GROUPS), the retry set size and the DLQ size.
+func (b *Broker) SubscriptionStats(ctx context.Context, s *core.Subscription) (core.GroupStats, error) {
+	if s.Transport == core.TransportList || s.Transport == core.TransportPubSub {
+		return b.otherStats(ctx, s)
+	}
+	var st core.GroupStats
+	res := b.c.DoMulti(ctx,
+		b.c.B().XinfoGroups().Key(s.Subject).Build(),
+		b.c.B().Zcard().Key(retryKey(s.Subject, s.Name)).Build(),
+		b.c.B().Xlen().Key(dlqKey(s.Subject, s.Name)).Build(),
+		b.c.B().Hgetall().Key(statsKey(s.Subject, s.Name)).Build(),
+		b.c.B().Xlen().Key(s.Subject).Build(),
+	)
+	groups, err := res[0].ToArray()
+	if err != nil && !isNoKey(err) && !rueidis.IsRedisNil(err) {
+		re, ok := rueidis.IsRedisErr(err)
+		if !ok || !strings.Contains(re.Error(), "no such key") {
+			return st, fmt.Errorf("xinfo groups %s: %w", s.Subject, classify(err))
+		}
+	}
+	for _, g := range groups {
+		kv, err := g.AsMap()
+		if err != nil {
+			continue
+		}
+		name, pending, lag := kv["name"], kv["pending"], kv["lag"]
+		if n, _ := name.ToString(); n != groupName(s.Name) {
+			continue
+		}
+		st.Pending, _ = pending.AsInt64()
+		// Redis leaves lag (and entries-read) null when it cannot tell, after a SETID or a
+		// deletion; the embedded server always reports the stream's length. Count instead.
+		if read := kv["entries-read"]; read.IsNil() || lag.IsNil() {
+			ldi := kv["last-delivered-id"]
+			last, _ := ldi.ToString()
+			st.Lag, err = b.countAfter(ctx, s.Subject, last)
+			if err != nil {
+				return st, err
+			}
+		} else {
+			st.Lag, _ = lag.AsInt64()
+		}
+	}
+	st.Retrying, _ = res[1].AsInt64()
+	st.DLQSize, _ = res[2].AsInt64()
+	st.StreamLength, _ = res[4].AsInt64()
+	fields, _ := res[3].AsStrMap()
+	st.Shared = decodeShared(fields, time.Now())
+	return st, nil
+}
+
+// otherStats are the figures of list and Pub/Sub subscriptions: a list's lag is its length
+// and its pending messages are those in the processing lists; Pub/Sub keeps nothing.
+func (b *Broker) otherStats(ctx context.Context, s *core.Subscription) (core.GroupStats, error) {
+	var st core.GroupStats
+	cmds := rueidis.Commands{
+		b.c.B().Hgetall().Key(statsKey(s.Subject, s.Name)).Build(),
+		b.c.B().Zcard().Key(retryKey(s.Subject, s.Name)).Build(),
+		b.c.B().Xlen().Key(dlqKey(s.Subject, s.Name)).Build(),
+	}
+	if s.Transport == core.TransportList {
+		cmds = append(cmds, b.c.B().Llen().Key(s.Subject).Build(),
+			b.c.B().Zrange().Key(consumersKey(s.Subject, s.Name)).Min("0").Max("-1").Build())
+	}
+	res := b.c.DoMulti(ctx, cmds...)
+	fields, err := res[0].AsStrMap()
+	if err != nil && !rueidis.IsRedisNil(err) {
+		return st, fmt.Errorf("stats of %s: %w", s.Name, classify(err))
+	}
+	st.Shared = decodeShared(fields, time.Now())
+	st.Retrying, _ = res[1].AsInt64()
+	st.DLQSize, _ = res[2].AsInt64()
+	if s.Transport == core.TransportList {
+		st.Lag, _ = res[3].AsInt64()
+		consumers, _ := res[4].AsStrSlice()
+		if len(consumers) > 0 {
+			lens := make(rueidis.Commands, len(consumers))
+			for i, c := range consumers {
+				lens[i] = b.c.B().Llen().Key(processingKey(s.Subject, s.Name, c)).Build()
+			}
+			for _, r := range b.c.DoMulti(ctx, lens...) {
+				n, _ := r.AsInt64()
+				st.Pending += n
+			}
+		}
+	}
+	return st, nil
+}
+
+// lagCountCap bounds how far countAfter counts; a lag beyond it shows as the cap.
+const lagCountCap = 100000
+
+// countAfterScript counts the entries of a stream after an id, a hundred at a time, up to
+// a cap. KEYS: stream. ARGV: id, cap.
+var countAfterScript = rueidis.NewLuaScript(`
+local n, start, cap = 0, '(' .. ARGV[1], tonumber(ARGV[2])
+while n < cap do
+  local e = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 100)
+  if #e == 0 then break end
+  n = n + #e
+  start = '(' .. e[#e][1]
+end
+return n`)
+
+func (b *Broker) countAfter(ctx context.Context, stream, id string) (int64, error) {
+	if id == "" {
+		id = "0-0"
+	}
+	n, err := countAfterScript.Exec(ctx, b.c, []string{stream}, []string{id, strconv.Itoa(lagCountCap)}).AsInt64()
+	if err != nil {
+		return 0, fmt.Errorf("count entries of %s: %w", stream, classify(err))
+	}
+	return n, nil
+}
 
 const (
 	inFlightPrefix = "inflight:"

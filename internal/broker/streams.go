@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -12,6 +13,96 @@ import (
 	"github.com/redis/rueidis"
 	"golang.org/x/net/http/httpguts"
 )
+
+// ReclaimOthers is Reclaim for an ordered subscription: it takes over entries pending
+// longer than minIdle under any consumer but the caller. The caller's own pending entries
+// are waiting behind their partition key on purpose; claiming them would only inflate
+// their delivery counts.
+func (b *Broker) ReclaimOthers(ctx context.Context, s *core.Subscription, consumer string, minIdle time.Duration, limit int) (core.Reclaimed, error) {
+	var out core.Reclaimed
+	group := groupName(s.Name)
+	type pinfo struct{ idle, count int64 }
+	info := map[string]pinfo{}
+	var ids []string
+	// Page through the PEL in id order: the caller's own entries, possibly many, come first
+	// and must not use up the page.
+	start := "-"
+	for page := 0; page < 64 && len(ids) < limit; page++ {
+		pend, err := b.c.Do(ctx, b.c.B().Xpending().Key(s.Subject).Group(group).Idle(minIdle.Milliseconds()).
+			Start(start).End("+").Count(256).Build()).ToArray()
+		if isNoGroup(err) {
+			return out, nil
+		}
+		if err != nil {
+			return out, fmt.Errorf("xpending %s: %w", s.Subject, classify(err))
+		}
+		for _, p := range pend {
+			row, err := p.ToArray()
+			if err != nil || len(row) < 4 {
+				continue
+			}
+			id, _ := row[0].ToString()
+			start = "(" + id
+			if owner, _ := row[1].ToString(); owner == consumer || len(ids) == limit {
+				continue
+			}
+			idle, _ := row[2].AsInt64()
+			cnt, _ := row[3].AsInt64()
+			info[id] = pinfo{idle, cnt}
+			ids = append(ids, id)
+		}
+		if len(pend) < 256 {
+			break
+		}
+	}
+	if len(ids) == 0 {
+		return out, nil
+	}
+	entries, err := b.c.Do(ctx, b.c.B().Xclaim().Key(s.Subject).Group(group).Consumer(consumer).
+		MinIdleTime(strconv.FormatInt(minIdle.Milliseconds(), 10)).Id(ids...).Build()).ToArray()
+	if err != nil {
+		return out, fmt.Errorf("xclaim %s: %w", s.Subject, classify(err))
+	}
+	claimed := map[string]bool{}
+	for _, em := range entries {
+		if em.IsNil() {
+			continue
+		}
+		e, err := em.AsXRangeEntry()
+		if err != nil {
+			continue
+		}
+		claimed[e.ID] = true
+		if e.FieldValues == nil {
+			out.Lost = append(out.Lost, e.ID)
+			continue
+		}
+		m := DecodeEntry(s.Subject, e)
+		m.Deliveries, m.IdleMS = int(info[e.ID].count)+1, info[e.ID].idle
+		out.Messages = append(out.Messages, m)
+	}
+	// Ids XCLAIM did not return were claimed by someone else meanwhile, or no longer exist
+	// (Redis 7 drops those from the PEL); which one is told by XRANGE.
+	var missing []string
+	var checks rueidis.Commands
+	for _, id := range ids {
+		if !claimed[id] {
+			missing = append(missing, id)
+			checks = append(checks, b.c.B().Xrange().Key(s.Subject).Start(id).End(id).Build())
+		}
+	}
+	for i, r := range b.c.DoMulti(ctx, checks...) {
+		if e, err := r.AsXRange(); err == nil && len(e) == 0 {
+			out.Lost = append(out.Lost, missing[i])
+		}
+	}
+	if len(out.Lost) > 0 {
+		if err := b.Ack(ctx, s.Subject, s.Name, out.Lost...); err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
 
 // EnsureGroup creates the subscription's consumer group on its subject (and the stream,
 // if missing) at start: "new" ($), "beginning" (0) or an entry id. An existing group keeps
@@ -39,25 +130,15 @@ func (b *Broker) EnsureGroup(ctx context.Context, subject, sub, start string) (c
 // (stream), or its processing lists, returned to the queue first (list); and its retry set,
 // dead letters and counters. The messages of the subject itself stay.
 func (b *Broker) DestroySubscription(ctx context.Context, s *core.Subscription) error {
-	if s.Transport == "list" {
+	if s.Transport == core.TransportList {
 		if err := b.destroyList(ctx, s); err != nil {
 			return fmt.Errorf("release processing lists of %s: %w", s.Name, err)
 		}
 	}
-	if s.Transport != "stream" && s.Transport != "" {
+	if s.Transport != core.TransportStream && s.Transport != "" {
 		return b.deleteKeys(ctx, s.Subject, s.Name)
 	}
 	return b.destroyGroup(ctx, s.Subject, s.Name)
-}
-
-// MarkLive records s as the live subscription of its name, so its settlements may write
-// its keys (see markerKey). Called when a subscription is created or found without a marker.
-func (b *Broker) MarkLive(ctx context.Context, s *core.Subscription) error {
-	err := b.c.Do(ctx, b.c.B().Set().Key(markerKey(s.Subject, s.Name)).Value(s.Incarnation()).Build()).Error()
-	if err != nil {
-		return fmt.Errorf("mark %s live: %w", s.Name, classify(err))
-	}
-	return nil
 }
 
 func (b *Broker) deleteKeys(ctx context.Context, subject, sub string) error {
@@ -80,24 +161,12 @@ func (b *Broker) destroyGroup(ctx context.Context, subject, sub string) error {
 	return nil
 }
 
-func isNoKey(err error) bool {
-	re, ok := rueidis.IsRedisErr(err)
-	// XGROUP DESTROY on a missing key answers "ERR The XGROUP subcommand requires the key to exist".
-	return ok && strings.Contains(re.Error(), "requires the key to exist")
-}
-
-// Read hands out up to count new entries of the subscription's group to consumer,
-// blocking up to block when there are none (a block under 1 ms does not block).
-func (b *Broker) Read(ctx context.Context, s *core.Subscription, consumer string, count int, block time.Duration) ([]core.Message, error) {
-	// BLOCK 0 would wait forever: below a millisecond the read does not block at all.
-	var cmd rueidis.Completed
-	if ms := block.Milliseconds(); ms > 0 {
-		cmd = b.c.B().Xreadgroup().Group(groupName(s.Name), consumer).Count(int64(count)).Block(ms).
-			Streams().Key(s.Subject).Id(">").Build()
-	} else {
-		cmd = b.c.B().Xreadgroup().Group(groupName(s.Name), consumer).Count(int64(count)).
-			Streams().Key(s.Subject).Id(">").Build()
-	}
+// Read hands out up to count new entries of the subscription's group to consumer. It
+// never blocks: the engine reads when it knows (or suspects) there is something to read,
+// so no connection is held waiting per subscription.
+func (b *Broker) Read(ctx context.Context, s *core.Subscription, consumer string, count int) ([]core.Message, error) {
+	cmd := b.c.B().Xreadgroup().Group(groupName(s.Name), consumer).Count(int64(count)).
+		Streams().Key(s.Subject).Id(">").Build()
 	res, err := b.c.Do(ctx, cmd).AsXRead()
 	if rueidis.IsRedisNil(err) {
 		return nil, nil
@@ -166,200 +235,6 @@ func (b *Broker) Ack(ctx context.Context, subject, sub string, entryIDs ...strin
 	err := b.c.Do(ctx, b.c.B().Xack().Key(subject).Group(groupName(sub)).Id(entryIDs...).Build()).Error()
 	if err != nil {
 		return fmt.Errorf("xack %s: %w", subject, classify(err))
-	}
-	return nil
-}
-
-// retryRecord is how a message waits in a subscription's retry set. The delivery count
-// lives beside it in a hash so the claim script can bump it without decoding JSON.
-type retryRecord struct {
-	ID      string            `json:"i"`
-	Body    []byte            `json:"b"`
-	Headers map[string]string `json:"h,omitempty"`
-}
-
-// The retry set of a subscription is a ZSET scored by due time (ms) plus two hashes keyed
-// by message id: the record and the deliveries made so far. Claiming a due member moves
-// its score to now+lease, so a process that dies holding it lets it come due again after
-// the lease (the visibility timeout) instead of losing it.
-// settleLua removes a message from where it was delivered from, by mode.
-const settleLua = `
-local function settle(mode, src, zset, data, counts, lcounts, group, handle, id)
-  if mode == 'stream' then
-    redis.call('XACK', src, group, handle)
-  elseif mode == 'retry' then
-    redis.call('ZREM', zset, id)
-    redis.call('HDEL', data, id)
-    redis.call('HDEL', counts, id)
-  elseif mode == 'list' then
-    redis.call('LREM', src, 1, handle)
-    redis.call('HDEL', lcounts, id)
-  end
-end
-`
-
-var (
-	// Settling the original is one of: XACK (stream), ZREM+HDEL from the retry set (retry),
-	// LREM from the processing list plus its delivery count (list), or nothing (none).
-	// KEYS: marker, zset, data, counts, source (stream or processing list), list counts.
-	// ARGV: incarnation, id, dueMs, record ("" keeps the stored one), deliveries, mode, group, handle.
-	retryScript = rueidis.NewLuaScript(settleLua + markerLua + `
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], ARGV[2], ARGV[4]) end
-redis.call('HSET', KEYS[4], ARGV[2], ARGV[5])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
-if ARGV[6] ~= 'retry' then settle(ARGV[6], KEYS[5], KEYS[2], KEYS[3], KEYS[4], KEYS[6], ARGV[7], ARGV[8], ARGV[2]) end
-return 1`)
-	// KEYS: zset, data, counts. ARGV: nowMs, leaseUntilMs, limit. Returns the score of the
-	// earliest remaining member ("" if none) followed by id, record, deliveries triples.
-	claimScript = rueidis.NewLuaScript(`
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-local out = {''}
-for _, id in ipairs(ids) do
-  local rec = redis.call('HGET', KEYS[2], id)
-  if rec then
-    redis.call('ZADD', KEYS[1], ARGV[2], id)
-    local n = redis.call('HINCRBY', KEYS[3], id, 1)
-    out[#out+1] = id
-    out[#out+1] = rec
-    out[#out+1] = tostring(n)
-  else
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('HDEL', KEYS[3], id)
-  end
-end
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if first[2] then out[1] = first[2] end
-return out`)
-	// KEYS: zset, data, counts. ARGV: ids.
-	ackRetryScript = rueidis.NewLuaScript(`
-for _, id in ipairs(ARGV) do
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('HDEL', KEYS[2], id)
-  redis.call('HDEL', KEYS[3], id)
-end
-return #ARGV`)
-	// KEYS: marker, dlq, source, zset, data, counts, list counts. ARGV: incarnation, mode,
-	// group, handle, id, then the DLQ entry's field/value pairs.
-	deadLetterScript = rueidis.NewLuaScript(settleLua + markerLua + `
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 6))
-settle(ARGV[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[3], ARGV[4], ARGV[5])
-return 1`)
-	// KEYS: dlq, zset, data, counts. ARGV: dlqEntryID, id, record, nowMs.
-	replayScript = rueidis.NewLuaScript(`
-if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
-redis.call('HSET', KEYS[4], ARGV[2], 0)
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
-return 1`)
-)
-
-func (b *Broker) retryKeys(s *core.Subscription) []string {
-	return []string{retryKey(s.Subject, s.Name), retryDataKey(s.Subject, s.Name), retryCountKey(s.Subject, s.Name)}
-}
-
-// Retry schedules m for another delivery to s at due. The copy is written and the original
-// acknowledged in one script, so a crash can neither lose nor duplicate it; the retry is
-// scoped to this subscription and never reaches another group on the same stream.
-func (b *Broker) Retry(ctx context.Context, s *core.Subscription, m *core.Message, due time.Time) error {
-	rec := ""
-	if m.Origin != core.FromRetry {
-		raw, err := json.Marshal(retryRecord{ID: m.ID, Body: m.Body, Headers: m.Headers})
-		if err != nil {
-			return err
-		}
-		rec = string(raw)
-	}
-	mode, src := settleMode(s, m)
-	keys := []string{markerKey(s.Subject, s.Name), retryKey(s.Subject, s.Name), retryDataKey(s.Subject, s.Name),
-		retryCountKey(s.Subject, s.Name), src, listCountKey(s.Subject, s.Name)}
-	args := []string{s.Incarnation(), m.ID, strconv.FormatInt(due.UnixMilli(), 10), rec, strconv.Itoa(m.Deliveries), mode, groupName(s.Name), m.EntryID}
-	if err := checkGone(retryScript.Exec(ctx, b.c, keys, args)); err != nil {
-		return fmt.Errorf("schedule retry of %s: %w", m.ID, classify(err))
-	}
-	return nil
-}
-
-// settleMode says how the scripts settle m, and which key holds it.
-func settleMode(s *core.Subscription, m *core.Message) (mode, src string) {
-	switch m.Origin {
-	case core.FromStream:
-		return "stream", s.Subject
-	case core.FromRetry:
-		return "retry", s.Subject
-	case core.FromList:
-		return "list", m.Queue
-	}
-	// No key to settle; the subject keeps the script's keys in the subscription's slot.
-	return "none", retryKey(s.Subject, s.Name)
-}
-
-// ClaimRetries leases up to limit due retries of s to the caller until now+lease. next is
-// when the earliest message left in the set comes due (zero when the set is empty).
-func (b *Broker) ClaimRetries(ctx context.Context, s *core.Subscription, now time.Time, lease time.Duration, limit int) (msgs []core.Message, next time.Time, err error) {
-	args := []string{strconv.FormatInt(now.UnixMilli(), 10), strconv.FormatInt(now.Add(lease).UnixMilli(), 10), strconv.Itoa(limit)}
-	vals, err := claimScript.Exec(ctx, b.c, b.retryKeys(s), args).AsStrSlice()
-	if err != nil {
-		return nil, next, fmt.Errorf("claim retries of %s: %w", s.Name, classify(err))
-	}
-	if len(vals) == 0 {
-		return nil, next, nil
-	}
-	if ms, err := strconv.ParseFloat(vals[0], 64); err == nil {
-		next = time.UnixMilli(int64(ms))
-	}
-	vals = vals[1:]
-	msgs = make([]core.Message, 0, len(vals)/3)
-	for i := 0; i+2 < len(vals); i += 3 {
-		var rec retryRecord
-		if err := json.Unmarshal([]byte(vals[i+1]), &rec); err != nil {
-			return nil, next, fmt.Errorf("retry record %s: %w", vals[i], err)
-		}
-		n, _ := strconv.Atoi(vals[i+2])
-		msgs = append(msgs, core.Message{
-			ID: vals[i], Subject: s.Subject, Origin: core.FromRetry,
-			Body: rec.Body, Headers: rec.Headers, Deliveries: n,
-		})
-	}
-	return msgs, next, nil
-}
-
-// AckRetries removes settled messages from the subscription's retry set.
-func (b *Broker) AckRetries(ctx context.Context, s *core.Subscription, ids ...string) error {
-	if len(ids) == 0 {
-		return nil
-	}
-	if err := ackRetryScript.Exec(ctx, b.c, b.retryKeys(s), ids).Error(); err != nil {
-		return fmt.Errorf("ack retries of %s: %w", s.Name, classify(err))
-	}
-	return nil
-}
-
-// DeadLetter copies m into the subscription's own dead-letter stream (ruststream-fred layout
-// plus x-dead-letter-reason and the bridge's own _-fields) and settles the original, in one
-// script.
-func (b *Broker) DeadLetter(ctx context.Context, s *core.Subscription, m *core.Message, info core.DeadLetterInfo) error {
-	mode, src := settleMode(s, m)
-	args := make([]string, 0, 19+2*len(m.Headers))
-	args = append(args, s.Incarnation(), mode, groupName(s.Name), m.EntryID, m.ID,
-		payloadField, rueidis.BinaryString(m.Body))
-	for k, v := range m.Headers {
-		if k == core.HeaderDeadLetterReason {
-			continue
-		}
-		args = append(args, headerPrefix+k, v)
-	}
-	args = append(args,
-		headerPrefix+core.HeaderDeadLetterReason, info.Reason,
-		"_id", m.ID,
-		"_status", strconv.Itoa(info.LastStatus),
-		"_error", info.LastError,
-		"_deliveries", strconv.Itoa(m.Deliveries),
-		"_time", strconv.FormatInt(info.At.UnixMilli(), 10),
-	)
-	keys := []string{markerKey(s.Subject, s.Name), dlqKey(s.Subject, s.Name), src, retryKey(s.Subject, s.Name), retryDataKey(s.Subject, s.Name),
-		retryCountKey(s.Subject, s.Name), listCountKey(s.Subject, s.Name)}
-	if err := checkGone(deadLetterScript.Exec(ctx, b.c, keys, args)); err != nil {
-		return fmt.Errorf("dead-letter %s: %w", m.ID, classify(err))
 	}
 	return nil
 }
@@ -482,20 +357,6 @@ func (b *Broker) Seek(ctx context.Context, s *core.Subscription, to string, at t
 	return nil
 }
 
-// PurgeDeadLetters deletes the subscription's dead letters and returns how many there were.
-func (b *Broker) PurgeDeadLetters(ctx context.Context, s *core.Subscription) (int64, error) {
-	key := dlqKey(s.Subject, s.Name)
-	res := b.c.DoMulti(ctx, b.c.B().Xlen().Key(key).Build(), b.c.B().Del().Key(key).Build())
-	n, err := res[0].AsInt64()
-	if err == nil {
-		err = res[1].Error()
-	}
-	if err != nil {
-		return 0, fmt.Errorf("purge dlq of %s: %w", s.Name, classify(err))
-	}
-	return n, nil
-}
-
 // PruneConsumers removes consumers of the subscription's group that hold nothing and have
 // been idle longer than idleOver: every bridge process (and every ordered runner) joins
 // under a name of its own, and the names of those long gone would pile up otherwise.
@@ -529,4 +390,78 @@ func (b *Broker) PruneConsumers(ctx context.Context, s *core.Subscription, idleO
 		}
 	}
 	return removed, nil
+}
+
+// sweepChunk bounds the keys of one XREAD of a sweep.
+const sweepChunk = 1000
+
+// NewEntries reports, for each subject in after whose stream holds an entry newer than the
+// id given, the first such entry's id. It costs one XREAD per cluster slot in use (one in
+// all on a single server), however many subjects: the engine sweeps idle subscriptions'
+// subjects with it to notice what other producers wrote.
+func (b *Broker) NewEntries(ctx context.Context, after map[string]string) (map[string]string, error) {
+	// On a cluster a multi-key XREAD must stay in one slot; a single server takes them all.
+	cluster := b.c.Mode() == rueidis.ClientModeCluster
+	bySlot := map[uint16][]string{}
+	for subject := range after {
+		var slot uint16
+		if cluster {
+			cmd := b.c.B().Xlen().Key(subject).Build()
+			slot = cmd.Slot()
+		}
+		bySlot[slot] = append(bySlot[slot], subject)
+	}
+	var cmds rueidis.Commands
+	for _, subjects := range bySlot {
+		for len(subjects) > 0 {
+			chunk := subjects[:min(len(subjects), sweepChunk)]
+			subjects = subjects[len(chunk):]
+			ids := make([]string, len(chunk))
+			for i, s := range chunk {
+				ids[i] = after[s]
+			}
+			cmds = append(cmds, b.c.B().Xread().Count(1).Streams().Key(chunk...).Id(ids...).Build())
+		}
+	}
+	out := map[string]string{}
+	for _, r := range b.c.DoMulti(ctx, cmds...) {
+		res, err := r.AsXRead()
+		if rueidis.IsRedisNil(err) {
+			continue
+		}
+		if err != nil {
+			return out, fmt.Errorf("xread: %w", classify(err))
+		}
+		for subject, entries := range res {
+			if len(entries) > 0 {
+				out[subject] = entries[0].ID
+			}
+		}
+	}
+	return out, nil
+}
+
+// LastEntries returns the id of the newest entry of each subject's stream ("0-0" when it
+// is empty or missing), in one pipelined round trip.
+func (b *Broker) LastEntries(ctx context.Context, subjects []string) (map[string]string, error) {
+	cmds := make(rueidis.Commands, len(subjects))
+	for i, s := range subjects {
+		cmds[i] = b.c.B().Xrevrange().Key(s).End("+").Start("-").Count(1).Build()
+	}
+	out := make(map[string]string, len(subjects))
+	for i, r := range b.c.DoMulti(ctx, cmds...) {
+		entries, err := r.AsXRange()
+		if err != nil && !rueidis.IsRedisNil(err) {
+			if errors.Is(classify(err), core.ErrWrongType) {
+				out[subjects[i]] = "0-0"
+				continue
+			}
+			return out, fmt.Errorf("xrevrange %s: %w", subjects[i], classify(err))
+		}
+		out[subjects[i]] = "0-0"
+		if len(entries) > 0 {
+			out[subjects[i]] = entries[0].ID
+		}
+	}
+	return out, nil
 }

@@ -82,6 +82,8 @@ type Config struct {
 	Retention           Duration `env:"RETENTION" envDefault:"1h"`
 	MaxRetention        Duration `env:"MAX_RETENTION" envDefault:"168h"`
 	TrimInterval        Duration `env:"TRIM_INTERVAL" envDefault:"10s"`
+	PollInterval        Duration `env:"POLL_INTERVAL" envDefault:"1s"`
+	PprofListen         string   `env:"PPROF_LISTEN"`
 	LogLevel            string   `env:"LOG_LEVEL" envDefault:"info"`
 	LogFormat           string   `env:"LOG_FORMAT" envDefault:"json"`
 }
@@ -147,6 +149,15 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxRetention != 0 && c.MaxRetention <= c.Retention {
 		return fmt.Errorf("BRIDGE_MAX_RETENTION: %s must exceed BRIDGE_RETENTION (%s), or be 0 for no hard cap", c.MaxRetention, c.Retention)
+	}
+	if c.PprofListen != "" {
+		h, _, err := net.SplitHostPort(c.PprofListen)
+		if err != nil || !isLoopback(h) {
+			return fmt.Errorf("BRIDGE_PPROF_LISTEN: %q must be a loopback host:port (profiles expose the process's memory)", c.PprofListen)
+		}
+	}
+	if c.PollInterval < Duration(50*time.Millisecond) || c.PollInterval > Duration(time.Minute) {
+		return fmt.Errorf("BRIDGE_POLL_INTERVAL: %s out of range (50ms to 1m)", c.PollInterval)
 	}
 	if c.TrimInterval < Duration(100*time.Millisecond) || c.TrimInterval > Duration(time.Hour) {
 		return fmt.Errorf("BRIDGE_TRIM_INTERVAL: %s out of range (100ms to 1h)", c.TrimInterval)

@@ -225,6 +225,8 @@ type ScheduledMove struct {
 	Dropped []DroppedScheduled
 	// Next is when the earliest remaining message comes due (zero if none).
 	Next time.Time
+	// Subjects are the subjects messages were appended to.
+	Subjects []string
 }
 
 // DroppedScheduled names a scheduled message that was dropped and why.
@@ -265,3 +267,44 @@ type TrimResult struct {
 	// read or acknowledged them.
 	Expired map[string]int64
 }
+
+// IdleCheckRequest asks CheckIdle to look at one subscription; Retries adds a look at its
+// retry set.
+type IdleCheckRequest struct {
+	Sub     *Subscription
+	Retries bool
+}
+
+// IdleCheck is what CheckIdle found for one subscription.
+type IdleCheck struct {
+	// RetryDue: a message in its retry set is due.
+	RetryDue bool
+	// Stale: entries pending past the visibility timeout (streams), or a consumer whose
+	// heartbeat is older than it (reliable lists): work to take over.
+	Stale bool
+	// GroupMissing: the stream's consumer group is gone (stream deleted or flushed).
+	GroupMissing bool
+	Err          error
+}
+
+// Settlement is one acknowledgement the engine batches: a stream entry (XACK), a message of
+// the retry set, or one of a processing list.
+type Settlement struct {
+	Sub    *Subscription
+	Origin Origin
+	// Handle is the stream entry id (FromStream), the message id (FromRetry) or the raw
+	// envelope (FromList).
+	Handle string
+	// ID and Queue are the message id and processing list of a FromList settlement.
+	ID, Queue string
+}
+
+// PubSubKind says how a Pub/Sub channel is subscribed.
+type PubSubKind uint8
+
+// The kinds of Pub/Sub subscription.
+const (
+	SubscribeChannel PubSubKind = iota // SUBSCRIBE
+	SubscribePattern                   // PSUBSCRIBE
+	SubscribeSharded                   // SSUBSCRIBE
+)

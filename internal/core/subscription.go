@@ -12,9 +12,38 @@ import (
 	"golang.org/x/net/http/httpguts"
 )
 
+// Transport says how a subscription's messages travel in Redis (SPEC §2).
+type Transport string
+
+// The transports.
+const (
+	TransportStream Transport = "stream"
+	TransportList   Transport = "list"
+	TransportPubSub Transport = "pubsub"
+)
+
+// ListMode says how a list subscription takes its messages.
+type ListMode string
+
+// The list modes: reliable is at-least-once (a processing list per consumer), simple is
+// at-most-once (a pop).
+const (
+	ListReliable ListMode = "reliable"
+	ListSimple   ListMode = "simple"
+)
+
+// PubSubMode says which Pub/Sub family a subscription uses.
+type PubSubMode string
+
+// The Pub/Sub modes: classic (PUBLISH/SUBSCRIBE, patterns allowed) and sharded (Redis 7+).
+const (
+	PubSubClassic PubSubMode = "classic"
+	PubSubSharded PubSubMode = "sharded"
+)
+
 // Defaults of Subscription fields (SPEC §4).
 const (
-	DefaultTransport     = "stream"
+	DefaultTransport     = TransportStream
 	DefaultStart         = "new"
 	DefaultMaxDeliveries = 5
 	DefaultMinBackoff    = time.Second
@@ -30,8 +59,8 @@ const (
 	// MaxURLLength bounds a webhook URL: longer ones are mistakes or abuse, and the URL is
 	// stored, logged and sent on every push.
 	MaxURLLength      = 2048
-	DefaultListMode   = "reliable"
-	DefaultPubSubMode = "classic"
+	DefaultListMode   = ListReliable
+	DefaultPubSubMode = PubSubClassic
 	// DefaultDLQRetention is the default of Subscription.DLQRetention (SPEC §8).
 	DefaultDLQRetention = 14 * 24 * time.Hour
 	// MaxDLQRetention bounds dlq_retention: dead letters are for inspection and replay.
@@ -96,10 +125,10 @@ type Subscription struct {
 	Name              string            `json:"name"`
 	Subject           string            `json:"subject"`
 	URL               string            `json:"url"`
-	Transport         string            `json:"transport"`
+	Transport         Transport         `json:"transport"`
 	Start             string            `json:"start,omitempty"`
-	ListMode          string            `json:"list_mode,omitempty"`
-	PubSubMode        string            `json:"pubsub_mode,omitempty"`
+	ListMode          ListMode          `json:"list_mode,omitempty"`
+	PubSubMode        PubSubMode        `json:"pubsub_mode,omitempty"`
 	Pattern           bool              `json:"pattern,omitempty"`
 	MaxDeliveries     int               `json:"max_deliveries"`
 	Retry             Retry             `json:"retry"`
@@ -125,10 +154,10 @@ type Subscription struct {
 type SubscriptionInput struct {
 	Subject           string            `json:"subject"`
 	URL               string            `json:"url"`
-	Transport         string            `json:"transport"`
+	Transport         Transport         `json:"transport"`
 	Start             string            `json:"start"`
-	ListMode          string            `json:"list_mode"`
-	PubSubMode        string            `json:"pubsub_mode"`
+	ListMode          ListMode          `json:"list_mode"`
+	PubSubMode        PubSubMode        `json:"pubsub_mode"`
 	Pattern           bool              `json:"pattern"`
 	MaxDeliveries     *int              `json:"max_deliveries"`
 	Retry             *RetryInput       `json:"retry"`
@@ -202,7 +231,7 @@ func (in *SubscriptionInput) Build(name string) (*Subscription, error) {
 		s.Transport = DefaultTransport
 	}
 	switch s.Transport {
-	case "stream":
+	case TransportStream:
 		if in.ListMode != "" || in.PubSubMode != "" || in.Pattern {
 			return nil, &FieldError{"transport", "list_mode, pubsub_mode and pattern need transport list or pubsub"}
 		}
@@ -212,7 +241,7 @@ func (in *SubscriptionInput) Build(name string) (*Subscription, error) {
 		if s.Start != "new" && s.Start != "beginning" && !ValidEntryID(s.Start) {
 			return nil, &FieldError{"start", "must be \"new\", \"beginning\" or a stream entry id such as 1700000000000-0"}
 		}
-	case "list":
+	case TransportList:
 		if in.PubSubMode != "" || in.Pattern || in.Start != "" {
 			return nil, &FieldError{"transport", "start, pubsub_mode and pattern do not apply to lists"}
 		}
@@ -220,10 +249,10 @@ func (in *SubscriptionInput) Build(name string) (*Subscription, error) {
 		if s.ListMode == "" {
 			s.ListMode = DefaultListMode
 		}
-		if s.ListMode != "simple" && s.ListMode != "reliable" {
+		if s.ListMode != ListSimple && s.ListMode != ListReliable {
 			return nil, &FieldError{"list_mode", "must be \"simple\" or \"reliable\""}
 		}
-	case "pubsub":
+	case TransportPubSub:
 		if in.ListMode != "" || in.Start != "" {
 			return nil, &FieldError{"transport", "start and list_mode do not apply to Pub/Sub"}
 		}
@@ -231,10 +260,10 @@ func (in *SubscriptionInput) Build(name string) (*Subscription, error) {
 		if s.PubSubMode == "" {
 			s.PubSubMode = DefaultPubSubMode
 		}
-		if s.PubSubMode != "classic" && s.PubSubMode != "sharded" {
+		if s.PubSubMode != PubSubClassic && s.PubSubMode != PubSubSharded {
 			return nil, &FieldError{"pubsub_mode", "must be \"classic\" or \"sharded\""}
 		}
-		if s.Pattern && s.PubSubMode == "sharded" {
+		if s.Pattern && s.PubSubMode == PubSubSharded {
 			return nil, &FieldError{"pattern", "sharded Pub/Sub takes no patterns"}
 		}
 	default:
@@ -247,7 +276,7 @@ func (in *SubscriptionInput) Build(name string) (*Subscription, error) {
 	} else if !ValidSubject(s.Subject) {
 		return nil, &FieldError{"subject", SubjectRule}
 	}
-	if s.Ordered && s.Transport != "stream" {
+	if s.Ordered && s.Transport != TransportStream {
 		return nil, &FieldError{"ordered", "ordered delivery needs the stream transport"}
 	}
 	if in.MaxDeliveries != nil {

@@ -1,16 +1,25 @@
 // Package delivery is the engine that reads each subscription through its consumer group,
 // pushes every message to the webhook and settles it: ack, durable delayed retry, or
 // dead-letter.
+//
+// Reading is driven by events, not by a blocking read per subscription: a publish (in this
+// process, or in another one, which says so over one Pub/Sub channel), a retry coming due,
+// or a sweep that notices entries other producers wrote wakes the subscriptions concerned,
+// which read without blocking until they find nothing more. An idle subscription holds no
+// goroutine and no connection, and costs Redis a few commands a minute.
 package delivery
 
 import (
 	"context"
-	"crypto/rand"
+	crand "crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,49 +27,6 @@ import (
 	"github.com/bridge-dev/bridge/internal/core"
 	"go.uber.org/zap"
 )
-
-// Broker is what the engine needs from Redis. *broker.Broker implements it.
-type Broker interface {
-	ListSubscriptions(ctx context.Context) ([]*core.Subscription, int64, error)
-	SubscriptionsVersion(ctx context.Context) (int64, error)
-	PauseSubscription(ctx context.Context, name, reason string) error
-	// Read returns an error wrapping ErrNoGroup when the subscription's group is missing.
-	Read(ctx context.Context, s *core.Subscription, consumer string, count int, block time.Duration) ([]core.Message, error)
-	GetSubscription(ctx context.Context, name string) (*core.Subscription, error)
-	EnsureGroup(ctx context.Context, subject, sub, start string) (bool, error)
-	Ack(ctx context.Context, subject, sub string, entryIDs ...string) error
-	Retry(ctx context.Context, s *core.Subscription, m *core.Message, due time.Time) error
-	ClaimRetries(ctx context.Context, s *core.Subscription, now time.Time, lease time.Duration, limit int) ([]core.Message, time.Time, error)
-	AckRetries(ctx context.Context, s *core.Subscription, ids ...string) error
-	DeadLetter(ctx context.Context, s *core.Subscription, m *core.Message, info core.DeadLetterInfo) error
-	Reclaim(ctx context.Context, s *core.Subscription, consumer string, minIdle time.Duration, limit int) (core.Reclaimed, error)
-	MoveDueScheduled(ctx context.Context, now time.Time, limit int) (core.ScheduledMove, error)
-	AddStats(ctx context.Context, s *core.Subscription, consumer string, d core.StatsDelta) error
-	ForgetInFlight(ctx context.Context, s *core.Subscription, consumer string) error
-	WatchChanges(ctx context.Context, onChange func())
-
-	PopList(ctx context.Context, s *core.Subscription, consumer string, count int, block time.Duration) ([]core.Message, error)
-	AckList(ctx context.Context, s *core.Subscription, msgs ...*core.Message) error
-	Heartbeat(ctx context.Context, s *core.Subscription, consumer string) error
-	RecoverList(ctx context.Context, s *core.Subscription, staleAfter time.Duration) (int, error)
-	ReleaseList(ctx context.Context, s *core.Subscription, consumer string) error
-
-	HoldLease(ctx context.Context, s *core.Subscription, holder string, ttl time.Duration) (bool, error)
-	ReleaseLease(ctx context.Context, s *core.Subscription, holder string) error
-	RetryingKeys(ctx context.Context, s *core.Subscription) ([]string, error)
-	PruneConsumers(ctx context.Context, s *core.Subscription, idleOver time.Duration) (int, error)
-	ReclaimOthers(ctx context.Context, s *core.Subscription, consumer string, minIdle time.Duration, limit int) (core.Reclaimed, error)
-
-	SubscribePubSub(ctx context.Context, s *core.Subscription, onSubscribed func(), fn func(core.Message)) error
-	ClaimPubSub(ctx context.Context, s *core.Subscription, id string) (bool, error)
-
-	// MarkLive restores the marker that lets a live subscription's settlements write.
-	MarkLive(ctx context.Context, s *core.Subscription) error
-	// ReportProcess records that consumer is alive and has applied registry version.
-	ReportProcess(ctx context.Context, consumer string, version int64) error
-	ForgetProcess(ctx context.Context, consumer string) error
-	Processes(ctx context.Context) (map[string]core.ProcessState, error)
-}
 
 // Metrics is what the engine reports; *metrics.Metrics implements it.
 type Metrics interface {
@@ -75,6 +41,13 @@ func (noMetrics) Pushed(string, int, string, time.Duration) {}
 func (noMetrics) Lost(string, int)                          {}
 func (noMetrics) ScheduledDropped(string)                   {}
 
+// Defaults of Options.
+const (
+	DefaultRegistryPoll  = time.Second
+	DefaultPollInterval  = time.Second
+	DefaultCheckInterval = time.Minute
+)
+
 // Options tune the engine; zero values take the defaults.
 type Options struct {
 	// Consumer names this process in every consumer group; default host-pid-random.
@@ -83,13 +56,19 @@ type Options struct {
 	Client *http.Client
 	Logger *zap.Logger
 	// RegistryPoll is how often the subscription registry is checked for changes (default 1 s,
-	// which keeps SPEC's "seen by all processes within 2 s").
+	// which keeps SPEC's "seen by all processes within 2 s"; changes are also announced).
 	RegistryPoll time.Duration
+	// PollInterval is how often idle subscriptions look for messages that nothing announced
+	// (written by other producers): one XREAD for all idle streams and one LLEN per idle
+	// list. Default 1 s, the longest such a message waits.
+	PollInterval time.Duration
+	// CheckInterval bounds how seldom each idle subscription is checked for work left by a
+	// process that died: retries that came due, entries pending past the visibility
+	// timeout, a dead list consumer. It is checked every half visibility timeout, but at
+	// most this far apart (default 1 min) and at least PollInterval apart.
+	CheckInterval time.Duration
 	// Metrics records pushes; nil records nothing.
 	Metrics Metrics
-	// Block bounds each XREADGROUP wait (default 250 ms): a pause or stop takes effect
-	// within it, since a read already waiting may still hand out entries.
-	Block time.Duration
 	// RegistryLost, when set, is called when the subscription registry, once seen, is found
 	// missing (Redis lost its data), so the caller can restore what it knows.
 	RegistryLost func(ctx context.Context)
@@ -109,27 +88,30 @@ type Engine struct {
 	log      *zap.Logger
 	consumer string
 	opts     Options
+	settler  *settler
+	hub      *hub
 
 	// abortCtx is cancelled only when the shutdown grace runs out: pushes still running
 	// are then cut and their messages left unsettled for reclaim.
-	abortCtx  context.Context
-	abort     context.CancelFunc
-	stop      chan struct{}
-	flushStop chan struct{}
+	abortCtx context.Context
+	abort    context.CancelFunc
+	stop     chan struct{}
 	// changed wakes the registry watcher when a change is announced (size one: a pending
 	// wake-up already covers any later change).
 	changed  chan struct{}
 	watchCtx context.Context
 	unwatch  context.CancelFunc
-	// flushDone is closed when the stats flusher ended (after its last flush).
+	// flushStop ends the stats flusher; flushDone is closed after its last flush.
+	flushStop chan struct{}
 	flushDone chan struct{}
 	// finalCtx bounds the last stats flush: the shutdown's grace.
 	finalCtx context.Context
 	stopped  atomic.Bool
 	running  atomic.Bool
-	wg       sync.WaitGroup // watcher and every runner's goroutines
+	loops    sync.WaitGroup // watcher, control receiver, sweeps, scheduled mover
+	finishes sync.WaitGroup // stopped subs finishing their pushes
 
-	generation atomic.Int64 // numbers runners, see runner.consumer
+	generation atomic.Int64 // numbers subs that own Redis state, see sub.consumer
 
 	// applied is the registry version this process has applied; appliedCh is closed (and
 	// replaced) whenever it moves, under appliedMu.
@@ -137,9 +119,24 @@ type Engine struct {
 	appliedMu sync.Mutex
 	appliedCh chan struct{}
 
-	mu      sync.Mutex
-	runners map[string]*runner
-	live    map[string]*liveSub
+	// changes are announced registry changes waiting for the watcher.
+	changes chan registryChange
+
+	mu   sync.Mutex
+	subs map[string]*sub
+	live map[string]*liveSub
+	// configs is the registry as last applied.
+	configs map[string]*core.Subscription
+	// index maps a subject to its active subs, for wake-ups on the publish path; replaced
+	// whole on every apply.
+	index atomic.Pointer[map[string]*subjectSubs]
+}
+
+// subjectSubs are the active subs of one subject.
+type subjectSubs struct {
+	subs []*sub
+	// lastWake (unix ms) rate-limits the wake-ups this process sends the others.
+	lastWake atomic.Int64
 }
 
 // New returns an engine over b. It does nothing until Start.
@@ -154,13 +151,16 @@ func New(b Broker, opts Options) *Engine {
 		opts.Consumer = defaultConsumer()
 	}
 	if opts.RegistryPoll <= 0 {
-		opts.RegistryPoll = time.Second
+		opts.RegistryPoll = DefaultRegistryPoll
+	}
+	if opts.PollInterval <= 0 {
+		opts.PollInterval = DefaultPollInterval
+	}
+	if opts.CheckInterval <= 0 {
+		opts.CheckInterval = DefaultCheckInterval
 	}
 	if opts.Metrics == nil {
 		opts.Metrics = noMetrics{}
-	}
-	if opts.Block <= 0 {
-		opts.Block = 250 * time.Millisecond
 	}
 	if opts.OnApply == nil {
 		opts.OnApply = func([]*core.Subscription) {}
@@ -170,18 +170,24 @@ func New(b Broker, opts Options) *Engine {
 	}
 	abortCtx, abort := context.WithCancel(context.Background())
 	watchCtx, unwatch := context.WithCancel(context.Background())
-	return &Engine{
+	e := &Engine{
 		b: b, client: opts.Client, metrics: opts.Metrics, log: opts.Logger, consumer: opts.Consumer, opts: opts,
 		abortCtx: abortCtx, abort: abort, stop: make(chan struct{}), flushStop: make(chan struct{}),
 		changed: make(chan struct{}, 1), watchCtx: watchCtx, unwatch: unwatch,
-		runners: map[string]*runner{}, live: map[string]*liveSub{}, appliedCh: make(chan struct{}),
+		subs: map[string]*sub{}, live: map[string]*liveSub{}, configs: map[string]*core.Subscription{},
+		appliedCh: make(chan struct{}), changes: make(chan registryChange, 1024),
 	}
+	e.settler = newSettler(e)
+	e.hub = newHub(e)
+	empty := map[string]*subjectSubs{}
+	e.index.Store(&empty)
+	return e
 }
 
 func defaultConsumer() string {
 	host, _ := os.Hostname()
 	var b [4]byte
-	_, _ = rand.Read(b[:])
+	_, _ = crand.Read(b[:])
 	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
 }
 
@@ -199,24 +205,14 @@ func (e *Engine) Start() {
 		defer close(e.flushDone)
 		e.flushStatsLoop()
 	}()
-	e.wg.Add(3)
-	go func() {
-		defer e.wg.Done()
-		e.watch()
-	}()
-	go func() {
-		defer e.wg.Done()
-		e.b.WatchChanges(e.watchCtx, func() {
-			select {
-			case e.changed <- struct{}{}:
-			default:
-			}
-		})
-	}()
-	go func() {
-		defer e.wg.Done()
-		e.moveScheduled()
-	}()
+	go e.settler.run()
+	for _, loop := range []func(){e.watch, e.control, e.sweep, e.moveScheduled} {
+		e.loops.Add(1)
+		go func() {
+			defer e.loops.Done()
+			loop()
+		}()
+	}
 	e.log.Info("delivery engine started", zap.String("consumer", e.consumer))
 }
 
@@ -233,13 +229,19 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 	close(e.stop)
 	e.unwatch()
 	e.mu.Lock()
-	for _, r := range e.runners {
-		r.stopReading()
+	for name, r := range e.subs {
+		e.retire(r)
+		delete(e.subs, name)
 	}
 	e.mu.Unlock()
 	done := make(chan struct{})
 	go func() {
-		e.wg.Wait()
+		e.loops.Wait()
+		e.finishes.Wait()
+		e.hub.close()
+		// Every push has settled or been cut: the last acknowledgements go out (their
+		// retries end with the grace too).
+		e.settler.close()
 		close(done)
 	}()
 	var err error
@@ -247,8 +249,8 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 		err = ctx.Err()
-		// Past the grace: cut pushes and settlements (every Redis call of a runner hangs off
-		// abortCtx), so what remains stays pending for reclaim.
+		// Past the grace: cut pushes and settlements (every Redis call of the delivery
+		// work hangs off abortCtx), so what remains stays pending for reclaim.
 		e.abort()
 		<-done
 	}
@@ -262,10 +264,267 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 	return err
 }
 
+// retire stops r reading and lets its pushes finish in the background (e.mu held).
+func (e *Engine) retire(r *sub) {
+	r.stop()
+	if r.cfg.Transport == core.TransportPubSub {
+		e.hub.remove(r)
+	}
+	e.finishes.Add(1)
+	go func() {
+		defer e.finishes.Done()
+		r.finish()
+	}()
+}
+
 // redisCtx bounds one Redis call of the delivery work: a settlement, a read, a claim. It
 // ends early once the shutdown grace is over.
 func (e *Engine) redisCtx(d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(e.abortCtx, d)
+}
+
+// Published tells the engine that subject got new messages through this process: its
+// subscriptions read at once, and the other processes are told (at most every 50 ms per
+// subject, so a busy subject costs them one wake-up, not one per message). Cheap enough
+// for every publish.
+func (e *Engine) Published(subject string) {
+	ss := (*e.index.Load())[subject]
+	if ss == nil {
+		return // nobody subscribes to it, here or anywhere
+	}
+	for _, r := range ss.subs {
+		r.kick()
+	}
+	now := time.Now().UnixMilli()
+	if last := ss.lastWake.Load(); now-last >= wakeEvery && ss.lastWake.CompareAndSwap(last, now) {
+		go func() {
+			ctx, cancel := e.redisCtx(time.Second)
+			defer cancel()
+			_ = e.b.Wake(ctx, subject)
+		}()
+	}
+}
+
+// wakeEvery (ms) bounds how often one process tells the others about one subject.
+const wakeEvery = 50
+
+// kickSubject wakes the local subscriptions of subject (a wake-up from another process).
+func (e *Engine) kickSubject(subject string) {
+	if ss := (*e.index.Load())[subject]; ss != nil {
+		for _, r := range ss.subs {
+			r.kick()
+		}
+	}
+}
+
+// control receives the bridge's own channels: registry changes and wake-ups from the other
+// processes, resubscribing after a lost connection (the registry poll covers the gap).
+func (e *Engine) control() {
+	var errs errThrottle
+	for e.watchCtx.Err() == nil {
+		err := e.b.ReceiveControl(e.watchCtx, e.announced, e.kickSubject)
+		if e.watchCtx.Err() != nil {
+			return
+		}
+		errs.log(e.log, "lost the bridge's Pub/Sub channels; resubscribing", err)
+		select {
+		case e.changed <- struct{}{}: // anything announced meanwhile
+		default:
+		}
+		select {
+		case <-e.watchCtx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// sweep finds work that nothing announces, for idle subscriptions only (a reading one
+// finds it itself): every PollInterval, messages other producers wrote (one XREAD for all
+// idle streams; one LLEN per idle list); every CheckInterval per subscription, staggered,
+// retries a dead process left due, entries pending past their visibility timeout and dead
+// list consumers. Consumer names of processes long gone are pruned now and then.
+func (e *Engine) sweep() {
+	t := time.NewTicker(e.opts.PollInterval)
+	defer t.Stop()
+	var errs errThrottle
+	for {
+		select {
+		case <-e.stop:
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		e.mu.Lock()
+		var streams, lists, checks []*sub
+		for _, r := range e.subs {
+			if r.running.Load() || r.isStopped() {
+				continue
+			}
+			switch r.cfg.Transport {
+			case core.TransportStream:
+				if r.gate == nil || r.leading.Load() {
+					streams = append(streams, r)
+				}
+			case core.TransportList:
+				lists = append(lists, r)
+			}
+			if r.cfg.Transport != core.TransportPubSub && !now.Before(r.nextCheck) {
+				r.nextCheck = now.Add(e.checkEvery(r.cfg))
+				checks = append(checks, r)
+			}
+		}
+		e.mu.Unlock()
+		if err := e.sweepStreams(streams); err != nil {
+			errs.log(e.log, "looking for new messages failed; retrying", err)
+		} else if err := e.sweepLists(lists); err != nil {
+			errs.log(e.log, "looking for new messages failed; retrying", err)
+		} else {
+			errs.ok(e.log, "looking for new messages again")
+		}
+		e.check(checks, now)
+	}
+}
+
+// sweepStreams wakes the idle stream subscriptions whose stream has an entry newer than
+// what they last read.
+func (e *Engine) sweepStreams(subs []*sub) error {
+	if len(subs) == 0 {
+		return nil
+	}
+	after := map[string]string{}
+	for _, r := range subs {
+		p := r.lastRead.Load()
+		if p == nil {
+			r.kick() // never read yet: its first round reads what waits
+			continue
+		}
+		if cur, ok := after[r.cfg.Subject]; !ok || idLess(*p, cur) {
+			after[r.cfg.Subject] = *p
+		}
+	}
+	if len(after) == 0 {
+		return nil
+	}
+	ctx, cancel := e.redisCtx(settleTimeout)
+	defer cancel()
+	found, err := e.b.NewEntries(ctx, after)
+	if err != nil {
+		return err
+	}
+	for _, r := range subs {
+		if id, ok := found[r.cfg.Subject]; ok {
+			p := r.lastRead.Load()
+			if p != nil && idLess(*p, id) {
+				r.sweptUpTo.Store(&id)
+				r.kick()
+			}
+		}
+	}
+	return nil
+}
+
+// sweepLists wakes the idle list subscriptions whose list holds messages.
+func (e *Engine) sweepLists(subs []*sub) error {
+	if len(subs) == 0 {
+		return nil
+	}
+	subjects := make([]string, 0, len(subs))
+	seen := map[string]bool{}
+	for _, r := range subs {
+		if !seen[r.cfg.Subject] {
+			seen[r.cfg.Subject] = true
+			subjects = append(subjects, r.cfg.Subject)
+		}
+	}
+	ctx, cancel := e.redisCtx(settleTimeout)
+	defer cancel()
+	lens, err := e.b.ListLengths(ctx, subjects)
+	if err != nil {
+		return err
+	}
+	for _, r := range subs {
+		if lens[r.cfg.Subject] > 0 {
+			r.kick()
+		}
+	}
+	return nil
+}
+
+// check looks for work a dead process left behind (see CheckInterval).
+func (e *Engine) check(subs []*sub, now time.Time) {
+	if len(subs) == 0 {
+		return
+	}
+	reqs := make([]core.IdleCheckRequest, len(subs))
+	for i, r := range subs {
+		// The retry set only every other time: a due retry waits on it only when the
+		// process that scheduled it (and keeps a timer for it) died.
+		r.checks++
+		reqs[i] = core.IdleCheckRequest{Sub: r.cfg, Retries: r.checks%2 == 1}
+	}
+	ctx, cancel := e.redisCtx(settleTimeout)
+	defer cancel()
+	for i, c := range e.b.CheckIdle(ctx, reqs, now) {
+		r := subs[i]
+		if c.Err != nil {
+			continue
+		}
+		if c.RetryDue {
+			r.retryDue.Store(true)
+		}
+		if c.Stale {
+			r.staleDue.Store(true)
+		}
+		if c.RetryDue || c.Stale || c.GroupMissing {
+			r.kick()
+		}
+		if r.cfg.Transport == core.TransportStream && rand.IntN(10) == 0 {
+			// About every tenth check: consumers of processes long gone leave the group.
+			if n, err := e.b.PruneConsumers(ctx, r.cfg, consumerIdleLimit); err == nil && n > 0 {
+				r.log.Info("removed idle consumers that held nothing from the group", zap.Int("count", n))
+			}
+		}
+	}
+}
+
+// checkEvery is how often an idle subscription is checked for work a dead process left:
+// half its visibility timeout, so stale entries are taken over soon after it passed, but
+// never more often than PollInterval nor less often than CheckInterval.
+func (e *Engine) checkEvery(s *core.Subscription) time.Duration {
+	return min(max(time.Duration(s.VisibilityTimeout)/2, e.opts.PollInterval), e.opts.CheckInterval)
+}
+
+// Poke tells the engine that a subscription may have work nothing announced (a seek moved
+// its cursor, a replay filled its retry set): it reads at once.
+func (e *Engine) Poke(name string) {
+	e.mu.Lock()
+	r := e.subs[name]
+	e.mu.Unlock()
+	if r != nil {
+		r.retryDue.Store(true)
+		r.kick()
+	}
+}
+
+// idLess compares two stream entry ids ("ms-seq").
+func idLess(a, b string) bool {
+	am, as := splitID(a)
+	bm, bs := splitID(b)
+	if am != bm {
+		return am < bm
+	}
+	return as < bs
+}
+
+func splitID(id string) (ms, seq uint64) {
+	i := 0
+	for ; i < len(id) && id[i] != '-'; i++ {
+		ms = ms*10 + uint64(id[i]-'0')
+	}
+	for i++; i < len(id); i++ {
+		seq = seq*10 + uint64(id[i]-'0')
+	}
+	return ms, seq
 }
 
 // statsFlushEvery is how often this process adds its counters to the shared ones in Redis
@@ -468,28 +727,30 @@ func (e *Engine) setApplied(v int64) {
 	e.appliedMu.Unlock()
 }
 
+// registryChange is one change announced on the registry's channel.
+type registryChange struct {
+	version int64
+	name    string
+}
+
+// watch keeps the engine in line with the registry. An announced change (its version and
+// the subscription's name) is applied on its own, reading that one subscription; a poll
+// every RegistryPoll, or a change that does not follow the last one applied (a missed
+// announcement), reloads the whole registry.
 func (e *Engine) watch() {
 	t := time.NewTicker(e.opts.RegistryPoll)
 	defer t.Stop()
 	version := int64(-1)
 	failing := false
+	full := true
 	for {
-		ctx, cancel := e.redisCtx(settleTimeout)
-		v, err := e.b.SubscriptionsVersion(ctx)
-		if err == nil && v == 0 && version > 0 {
-			e.registryLost()
+		var err error
+		if !full {
+			full, err = e.applyChanges(&version)
 		}
-		if err == nil && v != version {
-			var subs []*core.Subscription
-			subs, v, err = e.b.ListSubscriptions(ctx)
-			if err == nil {
-				e.apply(subs, v)
-				e.opts.OnApply(subs)
-				version = v
-				e.report()
-			}
+		if full || err != nil {
+			full, err = false, e.reload(&version)
 		}
-		cancel()
 		if err != nil && !failing {
 			e.log.Warn("cannot read the subscription registry; delivery continues with what it knows", zap.Error(err))
 		} else if err == nil && failing {
@@ -500,8 +761,82 @@ func (e *Engine) watch() {
 		case <-e.stop:
 			return
 		case <-t.C:
+			full = true
 		case <-e.changed:
 		}
+	}
+}
+
+// reload checks the registry's version and, when it moved, applies the whole registry.
+func (e *Engine) reload(version *int64) error {
+	ctx, cancel := e.redisCtx(settleTimeout)
+	defer cancel()
+	v, err := e.b.SubscriptionsVersion(ctx)
+	if err != nil {
+		return err
+	}
+	if v == 0 && *version > 0 {
+		e.registryLost()
+	}
+	if v == *version {
+		return nil
+	}
+	subs, v, err := e.b.ListSubscriptions(ctx)
+	if err != nil {
+		return err
+	}
+	e.apply(subs, v)
+	*version = v
+	e.report()
+	return nil
+}
+
+// applyChanges applies the announced changes that follow the version applied, one
+// subscription at a time. full says a whole reload is needed (a gap in the versions).
+func (e *Engine) applyChanges(version *int64) (full bool, err error) {
+	for {
+		var c registryChange
+		select {
+		case c = <-e.changes:
+		default:
+			return false, nil
+		}
+		switch {
+		case c.version <= *version:
+			continue // applied already, by a reload
+		case c.version != *version+1 || *version < 0:
+			return true, nil
+		}
+		ctx, cancel := e.redisCtx(settleTimeout)
+		s, err := e.b.GetSubscription(ctx, c.name)
+		cancel()
+		if errors.Is(err, core.ErrNotFound) {
+			s, err = nil, nil
+		}
+		if err != nil {
+			return true, err
+		}
+		e.applyOne(c.name, s, c.version)
+		*version = c.version
+		e.report()
+	}
+}
+
+// announced queues a change read off the registry's channel ("<version>:<name>"); an
+// announcement that cannot be read, or one too many, asks for a whole reload.
+func (e *Engine) announced(payload string) {
+	v, name, ok := strings.Cut(payload, ":")
+	n, err := strconv.ParseInt(v, 10, 64)
+	if ok && err == nil && name != "" {
+		select {
+		case e.changes <- registryChange{version: n, name: name}:
+		default:
+			// The watcher is behind: its next look reloads everything.
+		}
+	}
+	select {
+	case e.changed <- struct{}{}:
+	default:
 	}
 }
 
@@ -518,83 +853,146 @@ func (e *Engine) registryLost() {
 	e.opts.RegistryLost(ctx)
 }
 
-// producerStopWait bounds how long apply waits for a stopped runner's producer (a read
-// blocks at most Block; anything longer is a Redis stall).
-const producerStopWait = 1500 * time.Millisecond
+// readerStopWait bounds how long apply waits for a stopped sub's reader (a read is one
+// non-blocking command; anything longer is a Redis stall).
+const readerStopWait = 1500 * time.Millisecond
 
-// apply starts, restarts and stops runners so that exactly the active subscriptions run,
-// each with its current configuration, and records version as applied once runners that
-// must stop have stopped reading. A change that only affects pushes is stored in the
-// subscription's live config and used by every push that starts afterwards; a replaced
-// runner finishes its in-flight pushes while the new one starts reading.
+// apply makes exactly the subscriptions of a whole registry run, each with its current
+// configuration, and records version as applied (see settle).
 func (e *Engine) apply(subs []*core.Subscription, version int64) {
 	e.mu.Lock()
 	if e.stopped.Load() {
 		e.mu.Unlock()
 		return
 	}
-	var stopped []*runner
-	stop := func(name string) {
-		if r := e.runners[name]; r != nil {
-			r.stopReading()
-			stopped = append(stopped, r)
-			delete(e.runners, name)
-		}
-	}
+	var ch changeSet
 	seen := make(map[string]bool, len(subs))
 	for _, s := range subs {
 		seen[s.Name] = true
-		l := e.live[s.Name]
-		if l != nil && l.sub.Load().Incarnation() != s.Incarnation() {
-			// Deleted and created again: the old one's late settlements must write nothing.
-			l.gone.Store(true)
-			l = nil
-		}
-		var err error
-		if l == nil {
-			l, err = newLiveSub(s)
-		} else {
-			err = l.update(s)
-		}
-		if err != nil {
-			e.log.Error("cannot start subscription", zap.String("subscription", s.Name), zap.Error(err))
-			stop(s.Name)
-			delete(e.live, s.Name)
-			continue
-		}
-		e.live[s.Name] = l
-		cur := e.runners[s.Name]
-		if cur != nil && cur.live == l && !needsNewRunner(cur.sub, s) {
-			continue
-		}
-		stop(s.Name)
-		if s.Paused {
-			continue
-		}
-		r := newRunner(e, s, l)
-		e.runners[s.Name] = r
-		r.start()
+		e.reconcileLocked(s.Name, s, &ch)
 	}
-	for name := range e.runners {
+	for name := range e.configs {
 		if !seen[name] {
-			stop(name)
+			e.reconcileLocked(name, nil, &ch)
 		}
 	}
-	for name, l := range e.live {
-		if !seen[name] {
+	e.rebuildIndexLocked()
+	e.settle(&ch, version)
+}
+
+// applyOne applies the change of one subscription (s nil: deleted).
+func (e *Engine) applyOne(name string, s *core.Subscription, version int64) {
+	e.mu.Lock()
+	if e.stopped.Load() {
+		e.mu.Unlock()
+		return
+	}
+	var ch changeSet
+	e.reconcileLocked(name, s, &ch)
+	e.rebuildIndexLocked()
+	e.settle(&ch, version)
+}
+
+// changeSet is what a reconcile did: subs it stopped and subs it started.
+type changeSet struct{ stopped, started []*sub }
+
+// reconcileLocked brings one subscription in line with its registry record (nil: gone).
+// A change that only affects pushes goes to its live config, used by every push that
+// starts afterwards; a change of how it is read replaces its sub (the old one finishes
+// its pushes in flight while the new one reads). e.mu held.
+func (e *Engine) reconcileLocked(name string, s *core.Subscription, ch *changeSet) {
+	stop := func() {
+		if r := e.subs[name]; r != nil {
+			e.retire(r)
+			ch.stopped = append(ch.stopped, r)
+			delete(e.subs, name)
+		}
+	}
+	if s == nil {
+		stop()
+		if l := e.live[name]; l != nil {
 			// Deleted: its shared counters are gone with it; writing them would bring them back.
 			l.gone.Store(true)
 			delete(e.live, name)
 		}
+		delete(e.configs, name)
+		return
+	}
+	e.configs[name] = s
+	l := e.live[name]
+	if l != nil && l.sub.Load().Incarnation() != s.Incarnation() {
+		// Deleted and created again: the old one's late settlements must write nothing.
+		l.gone.Store(true)
+		l = nil
+	}
+	var err error
+	if l == nil {
+		l, err = newLiveSub(s)
+	} else {
+		err = l.update(s)
+	}
+	if err != nil {
+		e.log.Error("cannot start subscription", zap.String("subscription", name), zap.Error(err))
+		stop()
+		delete(e.live, name)
+		return
+	}
+	e.live[name] = l
+	if cur := e.subs[name]; cur != nil && cur.live == l && !needsNewRunner(cur.cfg, s) {
+		return
+	}
+	stop()
+	if s.Paused {
+		return
+	}
+	r := newSub(e, s, l)
+	// Spread the idle checks of a fleet of subscriptions over their interval.
+	r.nextCheck = time.Now().Add(rand.N(e.checkEvery(s)))
+	e.subs[name] = r
+	ch.started = append(ch.started, r)
+}
+
+// rebuildIndexLocked replaces the subject index the publish path reads. e.mu held.
+func (e *Engine) rebuildIndexLocked() {
+	index := make(map[string]*subjectSubs, len(e.subs))
+	old := *e.index.Load()
+	for _, r := range e.subs {
+		ss := index[r.cfg.Subject]
+		if ss == nil {
+			ss = &subjectSubs{}
+			if o := old[r.cfg.Subject]; o != nil {
+				ss.lastWake.Store(o.lastWake.Load())
+			}
+			index[r.cfg.Subject] = ss
+		}
+		ss.subs = append(ss.subs, r)
+	}
+	e.index.Store(&index)
+}
+
+// settle starts what a reconcile created, unlocks e.mu, tells OnApply, waits (bounded) for
+// the stopped subs to stop reading and records version as applied: from then on no
+// process reads with the old configuration (see Sync).
+func (e *Engine) settle(ch *changeSet, version int64) {
+	for _, r := range ch.started {
+		if r.cfg.Transport == core.TransportPubSub {
+			e.hub.add(r)
+		}
+		r.start()
+	}
+	all := make([]*core.Subscription, 0, len(e.configs))
+	for _, s := range e.configs {
+		all = append(all, s)
 	}
 	e.mu.Unlock()
-	deadline := time.NewTimer(producerStopWait)
+	e.opts.OnApply(all)
+	deadline := time.NewTimer(readerStopWait)
 	defer deadline.Stop()
-	for _, r := range stopped {
+	for _, r := range ch.stopped {
 		select {
-		case <-r.producerDone:
+		case <-r.readerDone():
 		case <-deadline.C:
-			e.log.Warn("a stopped subscription is still reading; applying the change anyway", zap.String("subscription", r.sub.Name))
+			e.log.Warn("a stopped subscription is still reading; applying the change anyway", zap.String("subscription", r.cfg.Name))
 			e.setApplied(version)
 			return
 		}
@@ -617,6 +1015,9 @@ func (e *Engine) moveScheduled() {
 			errs.log(e.log, "moving scheduled messages failed; retrying", err)
 		} else {
 			errs.ok(e.log, "moving scheduled messages again")
+		}
+		for _, subject := range mv.Subjects {
+			e.Published(subject)
 		}
 		for _, d := range mv.Dropped {
 			e.log.Error("scheduled message dropped: its subject can no longer take it",

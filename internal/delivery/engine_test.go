@@ -76,7 +76,7 @@ func TestEngineDeliversAndStopsCleanly(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	e := delivery.New(b, delivery.Options{RegistryPoll: 50 * time.Millisecond, Block: 100 * time.Millisecond})
+	e := delivery.New(b, delivery.Options{RegistryPoll: 50 * time.Millisecond, PollInterval: 100 * time.Millisecond})
 	e.Start()
 	time.Sleep(300 * time.Millisecond) // Pub/Sub subscribed
 	for range 20 {

@@ -8,19 +8,6 @@ import (
 	"go.uber.org/zap"
 )
 
-// result is what became of a message after handle.
-type result uint8
-
-const (
-	// settled: acked or dead-lettered; the next message of its key may go.
-	settled result = iota
-	// requeued: waiting in the retry set; its key stays blocked until it settles.
-	requeued
-	// unsettled: still pending in Redis (a cut push or a failed settlement); it comes back
-	// through reclaim, and its key stays blocked until then.
-	unsettled
-)
-
 // orderGate keeps, per partition key, at most one message in flight or in the retry set;
 // later messages of a busy key wait here, in entry order, and go when it settles.
 // Messages without a partition key pass. Safe for concurrent use.
@@ -128,45 +115,41 @@ func (g *orderGate) backlog() int {
 	return g.queued
 }
 
-// releaseLease hands the lease on once this runner's pushes are over, so the next holder
-// starts with nothing of this runner in flight.
-func (r *runner) releaseLease() {
-	ctx, cancel := r.e.redisCtx(settleTimeout)
+// releaseLease hands the lease on once this sub's pushes are over, so the next holder
+// starts with nothing of this sub in flight.
+func (r *sub) releaseLease() {
+	ctx, cancel := r.ctx()
 	defer cancel()
-	if err := r.e.b.ReleaseLease(ctx, r.sub, r.consumer); err != nil {
+	if err := r.e.b.ReleaseLease(ctx, r.cfg, r.consumer); err != nil {
 		r.log.Warn("could not release the lease; another process takes over when it lapses", zap.Error(err))
 	}
 }
 
-// lead keeps the delivery lease of an ordered subscription while the runner runs, and says
-// through r.leading whether this runner may read. Losing the lease drops what was queued:
-// the next holder reclaims those entries in order.
-func (r *runner) lead(done <-chan struct{}) {
-	vt := time.Duration(r.sub.VisibilityTimeout)
-	t := time.NewTicker(max(vt/4, 50*time.Millisecond))
-	defer t.Stop()
-	for {
-		ctx, cancel := r.e.redisCtx(settleTimeout)
-		mine, err := r.e.b.HoldLease(ctx, r.sub, r.consumer, vt)
-		if err == nil && mine && !r.leading.Load() {
-			keys, kerr := r.e.b.RetryingKeys(ctx, r.sub)
+// keep holds the delivery lease of an ordered subscription, renewing it every quarter of
+// the visibility timeout, and says through r.leading whether this sub may read. Losing the
+// lease drops what was queued: the next holder reclaims those entries in order.
+func (r *sub) keep() {
+	r.bg(func() {
+		vt := time.Duration(r.cfg.VisibilityTimeout)
+		ctx, cancel := r.ctx()
+		defer cancel()
+		mine, err := r.e.b.HoldLease(ctx, r.cfg, r.consumer, vt)
+		switch {
+		case err == nil && mine && !r.leading.Load():
+			keys, kerr := r.e.b.RetryingKeys(ctx, r.cfg)
 			if kerr == nil {
 				r.gate.block(keys)
 				// Whatever the previous holder left pending goes first, in entry order.
 				r.takeover.Store(true)
 				r.leading.Store(true)
 				r.log.Info("delivering this ordered subscription", zap.Int("keys_waiting_in_retry", len(keys)))
+				r.kick()
 			}
-		} else if (err != nil || !mine) && r.leading.Load() {
+		case (err != nil || !mine) && r.leading.Load():
 			r.leading.Store(false)
 			r.gate.reset()
 			r.log.Warn("lost the lease of this ordered subscription; another process takes over", zap.Error(err))
 		}
-		cancel()
-		select {
-		case <-done:
-			return
-		case <-t.C:
-		}
-	}
+		r.after(&r.keepT, max(vt/4, 50*time.Millisecond), r.keep)
+	})
 }

@@ -30,11 +30,15 @@ const maxErrorText = 256
 func NewHTTPClient(control func(network, address string, c syscall.RawConn) error) *http.Client {
 	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second, Control: control}
 	tr := &http.Transport{
-		Proxy:                  nil,
-		DialContext:            dialer.DialContext,
-		ForceAttemptHTTP2:      true,
-		MaxIdleConns:           4096,
-		MaxIdleConnsPerHost:    1024,
+		Proxy:               nil,
+		DialContext:         dialer.DialContext,
+		ForceAttemptHTTP2:   true,
+		MaxIdleConns:        4096,
+		MaxIdleConnsPerHost: maxConnsPerHost,
+		// Capped as the idle pool is: past it, pushes wait for a connection (inside their
+		// timeout) instead of dialing one that is closed right after. Many subscriptions
+		// pushing to one host (a fan-out) would otherwise churn thousands of connections.
+		MaxConnsPerHost:        maxConnsPerHost,
 		IdleConnTimeout:        90 * time.Second,
 		TLSHandshakeTimeout:    10 * time.Second,
 		ExpectContinueTimeout:  time.Second,
@@ -48,6 +52,9 @@ func NewHTTPClient(control func(network, address string, c syscall.RawConn) erro
 	}
 }
 
+// maxConnsPerHost bounds the connections one process keeps to one webhook host.
+const maxConnsPerHost = 1024
+
 // pushResult is what one push produced.
 type pushResult struct {
 	status     int    // 0 when no response arrived
@@ -58,7 +65,7 @@ type pushResult struct {
 
 // push sends m to the subscription's webhook once. It returns aborted=true when the push
 // was cut by a shutdown past its grace: the message is then left unsettled for reclaim.
-func (r *runner) push(abortCtx context.Context, s *core.Subscription, m *core.Message) (res pushResult, aborted bool) {
+func (r *sub) push(abortCtx context.Context, s *core.Subscription, m *core.Message) (res pushResult, aborted bool) {
 	ctx, cancel := context.WithTimeout(abortCtx, time.Duration(s.Timeout))
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.URL, bytes.NewReader(m.Body))

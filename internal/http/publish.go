@@ -38,27 +38,28 @@ type publishResponse struct {
 
 // target is where a publish goes: the subject and the transport's options.
 type target struct {
-	subject, transport string
-	sharded            bool
+	subject   string
+	transport core.Transport
+	sharded   bool
 }
 
 // checkPublishTarget validates the subject and the transport and mode queries of a publish route.
 func checkPublishTarget(w http.ResponseWriter, r *http.Request) (target, bool) {
-	t := target{subject: chi.URLParam(r, "subject"), transport: r.URL.Query().Get("transport")}
+	t := target{subject: chi.URLParam(r, "subject"), transport: core.Transport(r.URL.Query().Get("transport"))}
 	if !core.ValidSubject(t.subject) {
 		writeProblem(w, "invalid_subject", core.SubjectRule)
 		return t, false
 	}
 	if t.transport == "" {
-		t.transport = "stream"
+		t.transport = core.TransportStream
 	}
-	if t.transport != "stream" && t.transport != "list" && t.transport != "pubsub" {
+	if t.transport != core.TransportStream && t.transport != core.TransportList && t.transport != core.TransportPubSub {
 		writeProblem(w, "invalid_query", "transport must be stream, list or pubsub")
 		return t, false
 	}
 	switch mode := r.URL.Query().Get("mode"); {
-	case mode == "" || mode == "classic":
-	case mode == "sharded" && t.transport == "pubsub":
+	case mode == "" || core.PubSubMode(mode) == core.PubSubClassic:
+	case core.PubSubMode(mode) == core.PubSubSharded && t.transport == core.TransportPubSub:
 		t.sharded = true
 	default:
 		writeProblem(w, "invalid_query", "mode is classic or sharded, and only with transport=pubsub")
@@ -99,14 +100,14 @@ func (a *api) publish(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
-	if t.transport != "stream" {
+	if t.transport != core.TransportStream {
 		if out.IdempotencyKey != "" || !out.NotBefore.IsZero() {
 			writeProblem(w, "unsupported_transport", "Idempotency-Key, Bridge-Delay and Bridge-Not-Before work with the stream transport")
 			return
 		}
 		resp := publishResponse{Subject: subject}
 		var err error
-		if t.transport == "list" {
+		if t.transport == core.TransportList {
 			resp.ID, err = a.b.PublishList(ctx, subject, out.Body, headers)
 		} else {
 			var n int64
@@ -117,7 +118,8 @@ func (a *api) publish(w http.ResponseWriter, r *http.Request) {
 			a.fail(w, r, err)
 			return
 		}
-		a.opts.Metrics.Published(subject, t.transport, 1)
+		a.opts.Metrics.Published(subject, string(t.transport), 1)
+		a.opts.Published(subject, t.transport)
 		writeJSON(w, http.StatusAccepted, resp)
 		return
 	}
@@ -129,7 +131,7 @@ func (a *api) publish(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		a.opts.Metrics.Published(subject, "stream", 1)
-		a.opts.Touch(subject)
+		a.opts.Published(subject, core.TransportStream)
 		writeJSON(w, http.StatusAccepted, publishResponse{ID: id, Subject: subject})
 		return
 	}
@@ -140,7 +142,7 @@ func (a *api) publish(w http.ResponseWriter, r *http.Request) {
 	}
 	if !res.Duplicate {
 		a.opts.Metrics.Published(subject, "stream", 1)
-		a.opts.Touch(subject)
+		a.opts.Published(subject, core.TransportStream)
 	}
 	writeJSON(w, http.StatusAccepted, publishResponse{ID: res.ID, Subject: subject, Duplicate: res.Duplicate})
 }
@@ -295,7 +297,7 @@ func (a *api) publishBatch(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if t.transport != "stream" {
+	if t.transport != core.TransportStream {
 		writeProblem(w, "unsupported_transport", "batch publish works with the stream transport")
 		return
 	}
@@ -351,7 +353,7 @@ func (a *api) publishBatch(w http.ResponseWriter, r *http.Request) {
 		}
 		a.opts.Metrics.Published(subject, "stream", written)
 		if written > 0 {
-			a.opts.Touch(subject)
+			a.opts.Published(subject, core.TransportStream)
 		}
 		if allUnavailable(results) {
 			writeProblem(w, "redis_unavailable", "redis did not confirm any message of the batch; retry later")

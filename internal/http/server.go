@@ -53,6 +53,8 @@ type Engine interface {
 	// Sync returns once every live process applied the registry change of the given
 	// version (bounded, see delivery.SyncWait).
 	Sync(ctx context.Context, version int64) error
+	// Poke makes a subscription read at once (after a seek or a replay).
+	Poke(name string)
 }
 
 // Options configure the API.
@@ -73,9 +75,10 @@ type Options struct {
 	Metrics Metrics
 	// MetricsHandler, when set, is served at GET /metrics (no token: scrapers rarely carry one).
 	MetricsHandler http.Handler
-	// Touch, when set, is called with the subject of every stream publish (the retention
-	// trimmer looks at subjects with traffic).
-	Touch func(subject string)
+	// Published, when set, is called after messages were written to a subject (the engine
+	// wakes its subscriptions; the retention trimmer looks at subjects with traffic). It
+	// runs on the request's goroutine: it must be cheap.
+	Published func(subject string, transport core.Transport)
 }
 
 // Metrics is what the API reports.
@@ -120,8 +123,8 @@ func NewHandler(b Broker, reg Registry, e Engine, opts Options) http.Handler {
 	if opts.MaxBody <= 0 {
 		opts.MaxBody = 1 << 20
 	}
-	if opts.Touch == nil {
-		opts.Touch = func(string) {}
+	if opts.Published == nil {
+		opts.Published = func(string, core.Transport) {}
 	}
 	a := &api{b: b, reg: reg, e: e, opts: opts, log: opts.Logger}
 	r := chi.NewRouter()

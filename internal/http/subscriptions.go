@@ -150,7 +150,7 @@ func (a *api) getSubscription(w http.ResponseWriter, r *http.Request) {
 		InFlight: sh.InFlight, Delivered: sh.Delivered, Retried: sh.Retried, DeadLettered: sh.DeadLettered,
 		Lost: sh.Lost, Expired: sh.Expired, LastStatus: int64(sh.LastStatus), LastError: sh.LastError,
 	}
-	if s.Transport == "stream" {
+	if s.Transport == core.TransportStream {
 		sv.StreamLength = &gs.StreamLength
 	}
 	if !sh.LastAt.IsZero() {
@@ -272,7 +272,7 @@ func (a *api) seek(w http.ResponseWriter, r *http.Request) {
 	if !decodeJSON(w, r, &req, false) {
 		return
 	}
-	if s.Transport != "stream" {
+	if s.Transport != core.TransportStream {
 		writeProblem(w, "unsupported_transport", "seek works with the stream transport")
 		return
 	}
@@ -293,6 +293,7 @@ func (a *api) seek(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	a.e.Poke(s.Name)
 	writeJSON(w, http.StatusOK, map[string]string{"to": req.To})
 }
 
@@ -443,6 +444,9 @@ func (a *api) replay(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		a.fail(w, r, err)
 		return
+	}
+	if n > 0 {
+		a.e.Poke(s.Name)
 	}
 	writeJSON(w, http.StatusOK, map[string]int{"replayed": n})
 }

@@ -124,11 +124,11 @@ func (r *Registry) Apply(ctx context.Context, name string, in core.SubscriptionI
 	}
 	// The subject's key first: if it holds another type this fails with nothing stored.
 	switch s.Transport {
-	case "stream":
+	case core.TransportStream:
 		if _, err := r.store.EnsureGroup(ctx, s.Subject, s.Name, s.Start); err != nil {
 			return Result{}, err
 		}
-	case "list":
+	case core.TransportList:
 		if err := r.store.CheckListKey(ctx, s.Subject); err != nil {
 			return Result{}, err
 		}

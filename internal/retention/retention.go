@@ -64,7 +64,10 @@ type Options struct {
 // pass), rarely enough that thousands of idle subjects cost Redis next to nothing; an
 // empty stream without subscriptions only once an hour.
 const (
-	activeFor    = 3 // intervals a subject counts as active after its last traffic
+	// activeFor is how many intervals a subject counts as active after its last traffic:
+	// one more pass records where the safe point stood when traffic stopped; from then on
+	// idle looks trim it when the retention has passed.
+	activeFor    = 1
 	maxIdleLook  = 15 * time.Minute
 	emptyLook    = time.Hour
 	passTimeout  = 10 * time.Second

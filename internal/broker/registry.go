@@ -12,29 +12,20 @@ import (
 	"github.com/redis/rueidis"
 )
 
-// Subscriptions live in one hash, name -> JSON, so every bridge process sees the same set.
-// The field "_version" (a name can never start with '_') is bumped by every change, letting
-// processes poll one small value instead of the whole hash.
-const versionField = "_version"
-
-// ChangesChannel carries a message after every registry change, so processes can apply it
-// at once instead of at their next poll (which still catches anything missed).
-const ChangesChannel = "bridge:subscriptions:changed"
-
 var (
 	// KEYS: hash. ARGV: name, json. Returns {1 when the name existed, the new version}.
 	putSubScript = rueidis.NewLuaScript(`
 local existed = redis.call('HEXISTS', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local v = redis.call('HINCRBY', KEYS[1], '_version', 1)
-redis.call('PUBLISH', 'bridge:subscriptions:changed', v)
+redis.call('PUBLISH', 'bridge:subscriptions:changed', v .. ':' .. ARGV[1])
 return {existed, v}`)
 	// KEYS: hash. ARGV: name. Returns the new version, or 0 when the name did not exist.
 	delSubScript = rueidis.NewLuaScript(`
 local n = redis.call('HDEL', KEYS[1], ARGV[1])
 if n == 0 then return 0 end
 local v = redis.call('HINCRBY', KEYS[1], '_version', 1)
-redis.call('PUBLISH', 'bridge:subscriptions:changed', v)
+redis.call('PUBLISH', 'bridge:subscriptions:changed', v .. ':' .. ARGV[1])
 return v`)
 )
 
@@ -178,27 +169,4 @@ func (b *Broker) PauseSubscription(ctx context.Context, name, reason string) err
 	s.Paused, s.PausedReason, s.UpdatedAt = true, reason, time.Now().UTC()
 	_, _, err = b.PutSubscription(ctx, s)
 	return err
-}
-
-// WatchChanges calls onChange for every registry change announced on ChangesChannel until
-// ctx ends, resubscribing after a lost connection. It returns when ctx is done.
-func (b *Broker) WatchChanges(ctx context.Context, onChange func()) {
-	for ctx.Err() == nil {
-		// A connection of its own: on RESP2 servers (and the embedded one) a subscribed
-		// connection cannot carry other commands.
-		dc, release := b.c.Dedicate()
-		err := dc.Receive(ctx, dc.B().Subscribe().Channel(ChangesChannel).Build(), func(rueidis.PubSubMessage) {
-			onChange()
-		})
-		release()
-		if ctx.Err() != nil {
-			return
-		}
-		_ = err // connection lost: polling covers the gap; resubscribe shortly
-		onChange()
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
-		}
-	}
 }

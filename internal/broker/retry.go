@@ -1,0 +1,150 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/bridge-dev/bridge/internal/core"
+	"github.com/redis/rueidis"
+)
+
+// RetryingKeys returns the partition keys of the messages waiting in the subscription's
+// retry set: in an ordered subscription each is the head of its key, which stays blocked.
+func (b *Broker) RetryingKeys(ctx context.Context, s *core.Subscription) ([]string, error) {
+	vals, err := b.c.Do(ctx, b.c.B().Hvals().Key(retryDataKey(s.Subject, s.Name)).Build()).AsStrSlice()
+	if err != nil {
+		return nil, fmt.Errorf("retry set of %s: %w", s.Name, classify(err))
+	}
+	keys := make([]string, 0, len(vals))
+	for _, v := range vals {
+		var rec retryRecord
+		if json.Unmarshal([]byte(v), &rec) == nil && rec.Headers[core.HeaderPartitionKey] != "" {
+			keys = append(keys, rec.Headers[core.HeaderPartitionKey])
+		}
+	}
+	return keys, nil
+}
+
+// retryRecord is how a message waits in a subscription's retry set. The delivery count
+// lives beside it in a hash so the claim script can bump it without decoding JSON.
+type retryRecord struct {
+	ID      string            `json:"i"`
+	Body    []byte            `json:"b"`
+	Headers map[string]string `json:"h,omitempty"`
+}
+
+// The retry set of a subscription is a ZSET scored by due time (ms) plus two hashes keyed
+// by message id: the record and the deliveries made so far. Claiming a due member moves
+// its score to now+lease, so a process that dies holding it lets it come due again after
+// the lease (the visibility timeout) instead of losing it.
+// settleLua removes a message from where it was delivered from, by mode.
+const settleLua = `
+local function settle(mode, src, zset, data, counts, lcounts, group, handle, id)
+  if mode == 'stream' then
+    redis.call('XACK', src, group, handle)
+  elseif mode == 'retry' then
+    redis.call('ZREM', zset, id)
+    redis.call('HDEL', data, id)
+    redis.call('HDEL', counts, id)
+  elseif mode == 'list' then
+    redis.call('LREM', src, 1, handle)
+    redis.call('HDEL', lcounts, id)
+  end
+end
+`
+
+var (
+	// Settling the original is one of: XACK (stream), ZREM+HDEL from the retry set (retry),
+	// LREM from the processing list plus its delivery count (list), or nothing (none).
+	// KEYS: marker, zset, data, counts, source (stream or processing list), list counts.
+	// ARGV: incarnation, id, dueMs, record ("" keeps the stored one), deliveries, mode, group, handle.
+	retryScript = rueidis.NewLuaScript(settleLua + markerLua + `
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], ARGV[2], ARGV[4]) end
+redis.call('HSET', KEYS[4], ARGV[2], ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+if ARGV[6] ~= 'retry' then settle(ARGV[6], KEYS[5], KEYS[2], KEYS[3], KEYS[4], KEYS[6], ARGV[7], ARGV[8], ARGV[2]) end
+return 1`)
+	// KEYS: zset, data, counts. ARGV: ids.
+	ackRetryScript = rueidis.NewLuaScript(`
+for _, id in ipairs(ARGV) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+  redis.call('HDEL', KEYS[3], id)
+end
+return #ARGV`)
+)
+
+func (b *Broker) retryKeys(s *core.Subscription) []string {
+	return []string{retryKey(s.Subject, s.Name), retryDataKey(s.Subject, s.Name), retryCountKey(s.Subject, s.Name)}
+}
+
+// Retry schedules m for another delivery to s at due. The copy is written and the original
+// acknowledged in one script, so a crash can neither lose nor duplicate it; the retry is
+// scoped to this subscription and never reaches another group on the same stream.
+func (b *Broker) Retry(ctx context.Context, s *core.Subscription, m *core.Message, due time.Time) error {
+	rec := ""
+	if m.Origin != core.FromRetry {
+		raw, err := json.Marshal(retryRecord{ID: m.ID, Body: m.Body, Headers: m.Headers})
+		if err != nil {
+			return err
+		}
+		rec = string(raw)
+	}
+	mode, src := settleMode(s, m)
+	keys := []string{markerKey(s.Subject, s.Name), retryKey(s.Subject, s.Name), retryDataKey(s.Subject, s.Name),
+		retryCountKey(s.Subject, s.Name), src, listCountKey(s.Subject, s.Name)}
+	args := []string{s.Incarnation(), m.ID, strconv.FormatInt(due.UnixMilli(), 10), rec, strconv.Itoa(m.Deliveries), mode, groupName(s.Name), m.EntryID}
+	if err := checkGone(retryScript.Exec(ctx, b.c, keys, args)); err != nil {
+		return fmt.Errorf("schedule retry of %s: %w", m.ID, classify(err))
+	}
+	return nil
+}
+
+// settleMode says how the scripts settle m, and which key holds it.
+func settleMode(s *core.Subscription, m *core.Message) (mode, src string) {
+	switch m.Origin {
+	case core.FromStream:
+		return "stream", s.Subject
+	case core.FromRetry:
+		return "retry", s.Subject
+	case core.FromList:
+		return "list", m.Queue
+	}
+	// No key to settle; the subject keeps the script's keys in the subscription's slot.
+	return "none", retryKey(s.Subject, s.Name)
+}
+
+// ClaimRetries leases up to limit due retries of s to the caller until now+lease. next is
+// when the earliest message left in the set comes due (zero when the set is empty).
+func (b *Broker) ClaimRetries(ctx context.Context, s *core.Subscription, now time.Time, lease time.Duration, limit int) (msgs []core.Message, next time.Time, err error) {
+	items, next, err := b.claimLeased(ctx, b.retryKeys(s), now, lease, limit)
+	if err != nil {
+		return nil, next, fmt.Errorf("claim retries of %s: %w", s.Name, classify(err))
+	}
+	msgs = make([]core.Message, 0, len(items))
+	for _, it := range items {
+		var rec retryRecord
+		if err := json.Unmarshal([]byte(it.Record), &rec); err != nil {
+			return nil, next, fmt.Errorf("retry record %s: %w", it.ID, err)
+		}
+		msgs = append(msgs, core.Message{
+			ID: it.ID, Subject: s.Subject, Origin: core.FromRetry,
+			Body: rec.Body, Headers: rec.Headers, Deliveries: it.Count,
+		})
+	}
+	return msgs, next, nil
+}
+
+// AckRetries removes settled messages from the subscription's retry set.
+func (b *Broker) AckRetries(ctx context.Context, s *core.Subscription, ids ...string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	if err := ackRetryScript.Exec(ctx, b.c, b.retryKeys(s), ids).Error(); err != nil {
+		return fmt.Errorf("ack retries of %s: %w", s.Name, classify(err))
+	}
+	return nil
+}

@@ -1,0 +1,177 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/bridge-dev/bridge/internal/core"
+	"go.uber.org/zap"
+)
+
+// result is what became of a message after handle.
+type result uint8
+
+const (
+	// settled: acked or dead-lettered; the next message of its key may go.
+	settled result = iota
+	// requeued: waiting in the retry set; its key stays blocked until it settles.
+	requeued
+	// unsettled: still pending in Redis (a cut push or a failed settlement); it comes back
+	// through reclaim, and its key stays blocked until then.
+	unsettled
+)
+
+// handle pushes m once and settles it by the verdict.
+func (r *sub) handle(m *core.Message) result {
+	log := r.log
+	// The configuration in force now, not the one this sub started with: a change answered
+	// 2xx applies to every push that starts after it.
+	cfg := r.live.sub.Load()
+	if r.live.gone.Load() || cfg.Paused {
+		// Deleted or paused after this message was read: not pushed. It stays pending
+		// (reclaimed after the visibility timeout once delivery resumes).
+		return unsettled
+	}
+	if m.Deliveries > cfg.MaxDeliveries {
+		// Reclaimed after its consumer died mid-push as often as it may be delivered: a
+		// poison message must not crash-loop the fleet.
+		return r.deadLetter(cfg, m, core.ReasonMaxDeliveries, 0, "delivery count exceeded max_deliveries before a push could complete")
+	}
+	if r.limiter != nil && r.cfg.Transport == core.TransportPubSub {
+		// Pub/Sub messages arrive unasked; read paths take their tokens before reading
+		// (see throttle), so nothing they read waits here.
+		if err := r.limiter.Wait(r.e.abortCtx); err != nil {
+			return unsettled // shutdown past grace
+		}
+	}
+	res, aborted := r.push(r.e.abortCtx, cfg, m)
+	if aborted {
+		return unsettled
+	}
+	outcome := Verdict(res.status)
+	r.live.stats.record(res.status, res.errText)
+	pubsub := r.cfg.Transport == core.TransportPubSub
+	r.e.metrics.Pushed(cfg.Name, res.status, outcomeLabel(outcome, m.Deliveries >= cfg.MaxDeliveries || m.Origin == core.Unsettled, pubsub), res.latency)
+	if ce := log.Check(zap.DebugLevel, "pushed"); ce != nil {
+		ce.Write(zap.String("message_id", m.ID), zap.Int("status", res.status), zap.Int("delivery", m.Deliveries),
+			zap.Stringer("outcome", outcome), zap.Duration("latency", res.latency))
+	}
+	if m.Origin == core.Unsettled && outcome != Ack {
+		r.settleAtMostOnce(cfg, m, outcome, res)
+		return settled
+	}
+	switch outcome {
+	case Ack:
+		r.live.stats.Delivered.Add(1)
+		st := core.Settlement{Sub: r.cfg, Origin: m.Origin, Handle: settleHandle(m), ID: m.ID, Queue: m.Queue}
+		switch {
+		case m.Origin == core.Unsettled:
+		case r.gate != nil && m.Origin == core.FromRetry:
+			// The head of an ordered key: its key may only move on once it is settled.
+			ctx, cancel := r.ctx()
+			err := r.e.b.Settle(ctx, []core.Settlement{st})
+			cancel()
+			if err != nil {
+				log.Warn("could not ack retried message; it will be delivered again", zap.String("message_id", m.ID), zap.Error(err))
+				return unsettled
+			}
+		default:
+			// Batched with every other settlement of the process; a lost ack means a
+			// duplicate later, never a loss.
+			r.e.settler.add(st, r.live)
+		}
+		return settled
+	case Requeue:
+		if m.Deliveries >= cfg.MaxDeliveries {
+			return r.deadLetter(cfg, m, core.ReasonMaxDeliveries, res.status, res.errText)
+		}
+		due := time.Now().Add(retryDelay(cfg, m.Deliveries, res.retryAfter, time.Now()))
+		err := r.write(func(ctx context.Context) error { return r.e.b.Retry(ctx, cfg, m, due) })
+		if errors.Is(err, core.ErrGone) {
+			return settled // its subscription was deleted: nothing of it may be written
+		}
+		if err != nil {
+			log.Warn("could not schedule retry; the message stays pending and will be reclaimed",
+				zap.String("message_id", m.ID), zap.Error(err))
+			return unsettled
+		}
+		r.live.stats.Retried.Add(1)
+		r.armRetry(due)
+		return requeued
+	}
+	// Drop, Gone
+	if outcome == Gone {
+		defer r.pauseGone()
+	}
+	return r.deadLetter(cfg, m, core.ReasonDropped, res.status, res.errText)
+}
+
+// settleHandle is what acknowledges m where it lives.
+func settleHandle(m *core.Message) string {
+	if m.Origin == core.FromRetry {
+		return m.ID
+	}
+	return m.EntryID
+}
+
+// write runs one settlement that writes the subscription's keys. When Redis says the
+// subscription is not the live one, it checks: a live subscription without its marker gets
+// it back and the write is tried again; core.ErrGone means it was really deleted.
+func (r *sub) write(op func(ctx context.Context) error) error {
+	ctx, cancel := r.ctx()
+	defer cancel()
+	err := op(ctx)
+	if errors.Is(err, core.ErrGone) && !r.e.confirmGone(ctx, r.live) {
+		err = op(ctx)
+	}
+	return err
+}
+
+func (r *sub) pauseGone() {
+	reason := "webhook answered 410 Gone"
+	ctx, cancel := r.ctx()
+	err := r.e.b.PauseSubscription(ctx, r.cfg.Name, reason)
+	cancel()
+	if err != nil {
+		r.log.Error("could not pause subscription after 410", zap.Error(err))
+	} else {
+		r.log.Warn("subscription paused: " + reason)
+	}
+}
+
+// settleAtMostOnce handles a failed push of a message nothing in Redis holds any more: a
+// simple list's is dead-lettered (its one delivery is spent), a Pub/Sub message's failure
+// is only counted and logged.
+func (r *sub) settleAtMostOnce(cfg *core.Subscription, m *core.Message, outcome Outcome, res pushResult) {
+	if outcome == Gone {
+		defer r.pauseGone()
+	}
+	if r.cfg.Transport == core.TransportPubSub {
+		r.log.Info("Pub/Sub push failed; at-most-once, not retried", zap.String("message_id", m.ID),
+			zap.Int("status", res.status), zap.String("error", res.errText))
+		return
+	}
+	reason := core.ReasonDropped
+	if outcome == Requeue {
+		reason = core.ReasonMaxDeliveries
+	}
+	_ = r.deadLetter(cfg, m, reason, res.status, res.errText)
+}
+
+func (r *sub) deadLetter(cfg *core.Subscription, m *core.Message, reason string, status int, errText string) result {
+	info := core.DeadLetterInfo{Reason: reason, LastStatus: status, LastError: errText, At: time.Now()}
+	err := r.write(func(ctx context.Context) error { return r.e.b.DeadLetter(ctx, cfg, m, info) })
+	if errors.Is(err, core.ErrGone) {
+		return settled // its subscription was deleted: nothing of it may be written
+	}
+	if err != nil {
+		r.log.Warn("could not dead-letter; the message stays pending and will be reclaimed",
+			zap.String("message_id", m.ID), zap.Error(err))
+		return unsettled
+	}
+	r.live.stats.DeadLettered.Add(1)
+	r.log.Info("dead-lettered", zap.String("message_id", m.ID), zap.String("reason", reason),
+		zap.Int("status", status), zap.Int("deliveries", m.Deliveries))
+	return settled
+}

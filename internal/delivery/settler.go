@@ -1,0 +1,93 @@
+package delivery
+
+import (
+	"time"
+
+	"github.com/bridge-dev/bridge/internal/core"
+	"go.uber.org/zap"
+)
+
+// maxSettleBatch bounds one batch of acknowledgements.
+const maxSettleBatch = 1024
+
+// settler batches the acknowledgements of the whole process: whatever pushes finished
+// while the previous batch was on the wire goes out in the next one, one XACK per stream
+// group and one script per retry set or processing list. Safe for concurrent use.
+type settler struct {
+	e   *Engine
+	in  chan settleItem
+	out chan struct{} // closed when the loop has flushed everything and ended
+}
+
+type settleItem struct {
+	st   core.Settlement
+	live *liveSub
+}
+
+func newSettler(e *Engine) *settler {
+	return &settler{e: e, in: make(chan settleItem, maxSettleBatch), out: make(chan struct{})}
+}
+
+// add queues one acknowledgement. It may wait while a batch is being written.
+func (s *settler) add(st core.Settlement, l *liveSub) { s.in <- settleItem{st, l} }
+
+// run writes batches until close; then it flushes what is left (bounded by the grace).
+func (s *settler) run() {
+	defer close(s.out)
+	batch := make([]core.Settlement, 0, maxSettleBatch)
+	for it := range s.in {
+		batch = append(batch[:0], it.st)
+		if it.live.gone.Load() {
+			batch = batch[:0] // acks of a deleted subscription: its group is gone
+		}
+	drain:
+		for len(batch) < maxSettleBatch {
+			select {
+			case it, ok := <-s.in:
+				if !ok {
+					break drain
+				}
+				if !it.live.gone.Load() {
+					batch = append(batch, it.st)
+				}
+			default:
+				break drain
+			}
+		}
+		if len(batch) > 0 {
+			s.flush(batch)
+		}
+	}
+}
+
+// close ends the loop once everything queued is written; call when no push can add more.
+func (s *settler) close() {
+	close(s.in)
+	<-s.out
+}
+
+// flush writes one batch, retrying for a while: a lost ack means a duplicate push later,
+// never a loss, but a short Redis blip should not cause one. The retries end with the
+// shutdown's grace.
+func (s *settler) flush(batch []core.Settlement) {
+	deadline := time.Now().Add(5 * time.Second)
+	for attempt := 0; ; attempt++ {
+		ctx, cancel := s.e.redisCtx(settleTimeout)
+		err := s.e.b.Settle(ctx, batch)
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) || s.e.abortCtx.Err() != nil {
+			s.e.log.Warn("could not acknowledge; these messages will be delivered again after the visibility timeout",
+				zap.Int("count", len(batch)), zap.Error(err))
+			return
+		}
+		t := time.NewTimer(min(time.Duration(attempt+1)*100*time.Millisecond, time.Second))
+		select {
+		case <-t.C:
+		case <-s.e.abortCtx.Done():
+			t.Stop()
+		}
+	}
+}

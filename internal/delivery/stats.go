@@ -1,0 +1,76 @@
+package delivery
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/bridge-dev/bridge/internal/core"
+)
+
+// Stats are one process's counters for one subscription. Fields are read with atomics.
+type Stats struct {
+	Delivered    atomic.Int64
+	Retried      atomic.Int64
+	DeadLettered atomic.Int64
+	InFlight     atomic.Int64
+	Lost         atomic.Int64
+	LastStatus   atomic.Int64
+	lastError    atomic.Pointer[string]
+	// lastAt (unix ms) is when LastStatus and the last error were set.
+	lastAt atomic.Int64
+
+	// Owned by the engine's stats flusher: what it already added to the shared counters.
+	sub     atomic.Pointer[core.Subscription]
+	flushed core.StatsDelta
+}
+
+// idle reports whether d has nothing to add: no counts, no new status, and no in-flight
+// report to make or to take back. Idle subscriptions then cost Redis nothing.
+func (s *Stats) idle(d core.StatsDelta) bool {
+	return d.Delivered == 0 && d.Retried == 0 && d.DeadLettered == 0 && d.Lost == 0 &&
+		d.LastAt.IsZero() && d.InFlight == 0 && s.flushed.InFlight == 0
+}
+
+// record notes the outcome of one push.
+func (s *Stats) record(status int, errText string) {
+	s.LastStatus.Store(int64(status))
+	s.lastError.Store(&errText)
+	s.lastAt.Store(time.Now().UnixMilli())
+}
+
+// delta is what the shared counters have not seen yet.
+func (s *Stats) delta() core.StatsDelta {
+	d := core.StatsDelta{
+		Delivered:    s.Delivered.Load() - s.flushed.Delivered,
+		Retried:      s.Retried.Load() - s.flushed.Retried,
+		DeadLettered: s.DeadLettered.Load() - s.flushed.DeadLettered,
+		Lost:         s.Lost.Load() - s.flushed.Lost,
+		InFlight:     s.InFlight.Load(),
+	}
+	if at := s.lastAt.Load(); at > s.flushed.LastAt.UnixMilli() {
+		d.LastAt = time.UnixMilli(at)
+		d.LastStatus = int(s.LastStatus.Load())
+		d.LastError = s.LastError()
+	}
+	return d
+}
+
+// flushedDelta records that d reached the shared counters.
+func (s *Stats) flushedDelta(d core.StatsDelta) {
+	s.flushed.Delivered += d.Delivered
+	s.flushed.Retried += d.Retried
+	s.flushed.DeadLettered += d.DeadLettered
+	s.flushed.Lost += d.Lost
+	if !d.LastAt.IsZero() {
+		s.flushed.LastAt = d.LastAt
+	}
+	s.flushed.InFlight = d.InFlight
+}
+
+// LastError is the most recent failure text, "" when none.
+func (s *Stats) LastError() string {
+	if p := s.lastError.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
