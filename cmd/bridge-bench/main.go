@@ -285,7 +285,11 @@ func run(ctx context.Context, o options) (res *results, err error) {
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
+	if os.Getenv("BENCH_KEEP_DIR") == "" {
+		defer os.RemoveAll(dir)
+	} else {
+		step("keeping the logs in " + dir)
+	}
 
 	redisBin, err := exec.LookPath(o.redisServer)
 	if err != nil {

@@ -23,7 +23,7 @@ import (
 // subscriptions issue). Each phase starts a fresh bridge on a flushed Redis.
 const (
 	idleWarmMessages = 5                // per subscription, delivered before the idle window
-	idleSettle       = 25 * time.Second // after the last push, before measuring: past the retention trimmer's last look at active subjects
+	idleSettle       = 35 * time.Second // after the last push, before measuring: past the retention trimmer's two looks after traffic
 	idleWindow       = 10 * time.Second // the measured idle window
 	idleProbes       = 200              // first-push-after-idle latency samples
 	fanoutMessages   = 2000             // published to the fan-out subject
@@ -44,6 +44,8 @@ type idleResult struct {
 	FirstPushP50   time.Duration `json:"first_push_p50_ns"`
 	FirstPushP99   time.Duration `json:"first_push_p99_ns"`
 	FirstPushMax   time.Duration `json:"first_push_max_ns"`
+	// TopCommands are the commands Redis ran most during the idle window, "name=calls".
+	TopCommands []string `json:"top_commands"`
 }
 
 type rateResult struct {
@@ -51,7 +53,10 @@ type rateResult struct {
 	Pushes        uint64  `json:"pushes"`
 	Duplicates    uint64  `json:"duplicates"`
 	PushesPerSec  float64 `json:"pushes_per_sec"`
-	Complete      bool    `json:"complete"`
+	// BeforeAllRunning were pushed before the last subscription was resumed (left out of
+	// the rate).
+	BeforeAllRunning int  `json:"before_all_running"`
+	Complete         bool `json:"complete"`
 }
 
 type scaleResults struct {
@@ -315,6 +320,7 @@ func runIdle(ctx context.Context, bridgeBin, dir, redisAddr string, n int, probl
 	}
 	time.Sleep(idleSettle)
 	pid := br.proc.pid()
+	_, _ = redisDo(redisAddr, "CONFIG", "RESETSTAT") // so the window's commandstats are its own
 	cmd0, err := redisInfoInt(redisAddr, "stats", "total_commands_processed")
 	if err != nil {
 		return nil, err
@@ -329,6 +335,7 @@ func runIdle(ctx context.Context, bridgeBin, dir, redisAddr string, n int, probl
 	r.CommandsPerSec = float64(cmd1-cmd0-1) / elapsed
 	r.CommandsPerSub = r.CommandsPerSec / float64(n)
 	r.CPU = (cpu1 - cpu0) / elapsed
+	r.TopCommands = topCommands(redisAddr, 6)
 	clients, _ := redisInfoInt(redisAddr, "clients", "connected_clients")
 	r.Connections = clients - 1 // the INFO connection
 	if _, cur, err := memStatus(pid); err == nil {
@@ -369,6 +376,36 @@ func runIdle(ctx context.Context, bridgeBin, dir, redisAddr string, n int, probl
 	}
 	br.stop()
 	return r, nil
+}
+
+// topCommands lists the n commands Redis ran most since its last CONFIG RESETSTAT.
+func topCommands(addr string, n int) []string {
+	v, err := redisDo(addr, "INFO", "commandstats")
+	if err != nil {
+		return nil
+	}
+	raw, _ := v.(string)
+	type stat struct {
+		name  string
+		calls int64
+	}
+	var stats []stat
+	for _, line := range strings.Split(raw, "\n") {
+		rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_")
+		if !ok {
+			continue
+		}
+		name, fields, _ := strings.Cut(rest, ":")
+		calls, _, _ := strings.Cut(strings.TrimPrefix(fields, "calls="), ",")
+		c, _ := strconv.ParseInt(calls, 10, 64)
+		stats = append(stats, stat{name, c})
+	}
+	sort.Slice(stats, func(i, j int) bool { return stats[i].calls > stats[j].calls })
+	var out []string
+	for _, st := range stats[:min(n, len(stats))] {
+		out = append(out, fmt.Sprintf("%s=%d", st.name, st.calls))
+	}
+	return out
 }
 
 // goroutines reads go_goroutines from the bridge's /metrics (after the idle window: a
@@ -412,23 +449,27 @@ func runRate(ctx context.Context, bridgeBin, dir, redisAddr, name string, subs i
 		return nil, err
 	}
 	r := &rateResult{Subscriptions: subs}
+	var next atomic.Int64
 	var wg sync.WaitGroup
-	for i := range subs {
+	for range 64 {
 		wg.Go(func() {
-			_, _, _ = br.api.do(ctx, http.MethodPost, fmt.Sprintf("/v1/subscriptions/%s%d/resume", name, i), nil)
+			for i := int(next.Add(1)) - 1; i < subs && ctx.Err() == nil; i = int(next.Add(1)) - 1 {
+				_, _, _ = br.api.do(ctx, http.MethodPost, fmt.Sprintf("/v1/subscriptions/%s%d/resume", name, i), nil)
+			}
 		})
-		if i%16 == 15 {
-			wg.Wait()
-		}
 	}
 	wg.Wait()
+	// The rate counts from when every subscription runs: resuming a thousand of them takes
+	// a while, and their first pushes overlap it.
+	allRunning, atAll := time.Now(), rcv.distinct()
 	r.Complete = rcv.waitFor(ctx, want, 3*deliveryTimeout)
 	time.Sleep(settleTime)
 	r.Pushes = rcv.pushes.Load()
 	r.Duplicates = r.Pushes - uint64(rcv.distinct())
-	if span := time.Duration(rcv.last.Load() - rcv.first.Load()); span > 0 {
-		r.PushesPerSec = float64(rcv.distinct()) / span.Seconds()
+	if span := time.Unix(0, rcv.last.Load()).Sub(allRunning); span > 0 && rcv.distinct() > atAll {
+		r.PushesPerSec = float64(rcv.distinct()-atAll) / span.Seconds()
 	}
+	r.BeforeAllRunning = atAll
 	if !r.Complete {
 		problem("%s: %d of %d pushes arrived", name, rcv.distinct(), want)
 	}
@@ -489,10 +530,13 @@ func printScale(p func(string, ...any), s *scaleResults) {
 			p("  %8d  %7.1f MiB  %8.1f KiB  %6d  %12.1f  %12.4f  %5.1f%%  %10d  %8s/%7s/%7s", r.Subscriptions, mib(r.RSS), r.RSSPerSub/1024,
 				r.Connections, r.CommandsPerSec, r.CommandsPerSub, 100*r.CPU, r.Goroutines, ms(r.FirstPushP50), ms(r.FirstPushP99), ms(r.FirstPushMax))
 		}
+		for _, r := range s.Idle {
+			p("  %d subscriptions, commands in the %s window: %s", r.Subscriptions, idleWindow, strings.Join(r.TopCommands, " "))
+		}
 	}
 	rate := func(name string, r *rateResult) {
 		if r != nil {
-			p("  %-28s %6d subs  %9s pushes  %9s pushes/s  %d duplicates", name, r.Subscriptions, num(float64(r.Pushes)), num(r.PushesPerSec), r.Duplicates)
+			p("  %-28s %6d subs  %9s pushes  %9s pushes/s  %d duplicates  (%d pushed while resuming)", name, r.Subscriptions, num(float64(r.Pushes)), num(r.PushesPerSec), r.Duplicates, r.BeforeAllRunning)
 		}
 	}
 	if s.Single != nil || s.Fanout != nil || s.Spread != nil {

@@ -11,8 +11,9 @@ import (
 
 // CheckIdle looks, for each subscription, for work that nothing would otherwise signal:
 // entries a dead consumer left pending past the visibility timeout (streams), or a
-// processing list whose consumer stopped beating (reliable lists), and, when asked, a
-// retry that came due while the process that scheduled it is gone. One or two commands
+// processing list whose consumer stopped beating (reliable lists), and, when asked, the
+// earliest retry (due, or due later, while the process that scheduled it is gone and keeps
+// no timer for it any more). One or two commands
 // per subscription, all pipelined in one round trip: the engine runs it for idle
 // subscriptions now and then.
 func (b *Broker) CheckIdle(ctx context.Context, checks []core.IdleCheckRequest, now time.Time) []core.IdleCheck {
@@ -20,13 +21,12 @@ func (b *Broker) CheckIdle(ctx context.Context, checks []core.IdleCheckRequest, 
 	cmds := make(rueidis.Commands, 0, 2*len(checks))
 	// Where each subscription's replies are: its retry check and its stale check (-1: none).
 	retryAt, staleAt := make([]int, len(checks)), make([]int, len(checks))
-	nowMs := strconv.FormatInt(now.UnixMilli(), 10)
 	for i, c := range checks {
 		s := c.Sub
 		retryAt[i], staleAt[i] = -1, -1
 		if c.Retries {
 			retryAt[i] = len(cmds)
-			cmds = append(cmds, b.c.B().Zrangebyscore().Key(retryKey(s.Subject, s.Name)).Min("-inf").Max(nowMs).Limit(0, 1).Build())
+			cmds = append(cmds, b.c.B().Zrange().Key(retryKey(s.Subject, s.Name)).Min("0").Max("0").Withscores().Build())
 		}
 		vt := time.Duration(s.VisibilityTimeout)
 		switch s.Transport {
@@ -46,9 +46,12 @@ func (b *Broker) CheckIdle(ctx context.Context, checks []core.IdleCheckRequest, 
 	for i, req := range checks {
 		c := &out[i]
 		if j := retryAt[i]; j >= 0 {
-			due, err := res[j].AsStrSlice()
+			first, err := res[j].AsZScores()
 			c.Err = classify(err)
-			c.RetryDue = len(due) > 0
+			if len(first) > 0 {
+				c.NextRetry = time.UnixMilli(int64(first[0].Score))
+				c.RetryDue = !c.NextRetry.After(now)
+			}
 		}
 		j := staleAt[i]
 		if j < 0 {

@@ -55,9 +55,22 @@ func TestCheckIdle(t *testing.T) {
 	time.Sleep(1100 * time.Millisecond) // the pending entry passes the visibility timeout
 	reqs := []core.IdleCheckRequest{{Sub: stream, Retries: true}, {Sub: quiet, Retries: true}, {Sub: noGroup, Retries: true}, {Sub: list}}
 	got := e.b.CheckIdle(e.ctx, reqs, time.Now())
-	want := []core.IdleCheck{{RetryDue: true, Stale: true}, {}, {GroupMissing: true}, {Stale: true}}
-	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Fatalf("checks %+v, want %+v", got, want)
+	type brief struct{ due, later, stale, missing bool }
+	var briefs []brief
+	for _, c := range got {
+		if c.Err != nil {
+			t.Fatal(c.Err)
+		}
+		briefs = append(briefs, brief{c.RetryDue, !c.RetryDue && !c.NextRetry.IsZero(), c.Stale, c.GroupMissing})
+	}
+	// s: a retry due and a stale entry; q: a retry due in an hour (NextRetry says when);
+	// n: no group; l: a stale list consumer.
+	want := []brief{{due: true, stale: true}, {later: true}, {missing: true}, {stale: true}}
+	if fmt.Sprint(briefs) != fmt.Sprint(want) {
+		t.Fatalf("checks %+v, want %+v", briefs, want)
+	}
+	if d := time.Until(got[1].NextRetry); d < 59*time.Minute || d > time.Hour {
+		t.Fatalf("next retry in %s, want about an hour", d)
 	}
 }
 

@@ -104,7 +104,9 @@ local out = {0, 0, dlqTrimmed}
 if maxret > 0 and now > maxret then
   local cap = string.format('%.0f-0', now - maxret)
   local last_before = string.format('%.0f-18446744073709551615', now - maxret - 1)
-  if minid == nil or less(minid, cap) then
+  -- Only a stream whose oldest entry is past the cap has anything to expire.
+  local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+  if #oldest > 0 and less(oldest[1][1], cap) and (minid == nil or less(minid, cap)) then
     -- The whole cap may be too much for one pass: stop where a group's budget ends.
     for _, g in ipairs(info) do
       local name, last = g[1], g[2]

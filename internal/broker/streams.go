@@ -253,6 +253,14 @@ func (b *Broker) Reclaim(ctx context.Context, s *core.Subscription, consumer str
 		return out, fmt.Errorf("xpending %s: %w", s.Subject, classify(err))
 	}
 	if len(pend) == 0 {
+		// Nothing to take over yet; the oldest entry pending says when there may be.
+		oldest, err := b.c.Do(ctx, b.c.B().Xpending().Key(s.Subject).Group(group).Start("-").End("+").Count(1).Build()).ToArray()
+		if err == nil && len(oldest) > 0 {
+			if row, err := oldest[0].ToArray(); err == nil && len(row) >= 3 {
+				idle, _ := row[2].AsInt64()
+				out.NextStale = max(minIdle-time.Duration(idle)*time.Millisecond, time.Millisecond)
+			}
+		}
 		return out, nil
 	}
 	type pinfo struct{ idle, count int64 }

@@ -130,6 +130,9 @@ type Reclaimed struct {
 	Messages []Message
 	// Lost are ids that were pending but whose entries no longer exist (trimmed or deleted).
 	Lost []string
+	// NextStale, when there was nothing to take over, is how long until the oldest entry
+	// pending (with a consumer that may be gone) has been idle for minIdle; 0 when none is.
+	NextStale time.Duration
 }
 
 // DeadLetter is one entry of a subscription's dead-letter stream.
@@ -279,6 +282,8 @@ type IdleCheckRequest struct {
 type IdleCheck struct {
 	// RetryDue: a message in its retry set is due.
 	RetryDue bool
+	// NextRetry is when the earliest message of its retry set comes due (zero: none).
+	NextRetry time.Time
 	// Stale: entries pending past the visibility timeout (streams), or a consumer whose
 	// heartbeat is older than it (reliable lists): work to take over.
 	Stale bool

@@ -45,7 +45,7 @@ func (noMetrics) ScheduledDropped(string)                   {}
 const (
 	DefaultRegistryPoll  = time.Second
 	DefaultPollInterval  = time.Second
-	DefaultCheckInterval = time.Minute
+	DefaultCheckInterval = 5 * time.Minute
 )
 
 // Options tune the engine; zero values take the defaults.
@@ -62,10 +62,10 @@ type Options struct {
 	// (written by other producers): one XREAD for all idle streams and one LLEN per idle
 	// list. Default 1 s, the longest such a message waits.
 	PollInterval time.Duration
-	// CheckInterval bounds how seldom each idle subscription is checked for work left by a
-	// process that died: retries that came due, entries pending past the visibility
-	// timeout, a dead list consumer. It is checked every half visibility timeout, but at
-	// most this far apart (default 1 min) and at least PollInterval apart.
+	// CheckInterval is how often each idle subscription is checked, as a safety net, for
+	// work nothing signals: retries a process that died left due, entries pending past the
+	// visibility timeout, a dead list consumer (default 5 min). When a process is seen to
+	// die, every subscription is checked one visibility timeout later anyway.
 	CheckInterval time.Duration
 	// Metrics records pushes; nil records nothing.
 	Metrics Metrics
@@ -127,6 +127,9 @@ type Engine struct {
 	live map[string]*liveSub
 	// configs is the registry as last applied.
 	configs map[string]*core.Subscription
+	// fleet are the other processes last seen alive (nil before the first look); owned by
+	// the stats flusher.
+	fleet map[string]bool
 	// index maps a subject to its active subs, for wake-ups on the publish path; replaced
 	// whole on every apply.
 	index atomic.Pointer[map[string]*subjectSubs]
@@ -369,7 +372,7 @@ func (e *Engine) sweep() {
 				lists = append(lists, r)
 			}
 			if r.cfg.Transport != core.TransportPubSub && !now.Before(r.nextCheck) {
-				r.nextCheck = now.Add(e.checkEvery(r.cfg))
+				r.nextCheck = now.Add(e.opts.CheckInterval)
 				checks = append(checks, r)
 			}
 		}
@@ -457,10 +460,7 @@ func (e *Engine) check(subs []*sub, now time.Time) {
 	}
 	reqs := make([]core.IdleCheckRequest, len(subs))
 	for i, r := range subs {
-		// The retry set only every other time: a due retry waits on it only when the
-		// process that scheduled it (and keeps a timer for it) died.
-		r.checks++
-		reqs[i] = core.IdleCheckRequest{Sub: r.cfg, Retries: r.checks%2 == 1}
+		reqs[i] = core.IdleCheckRequest{Sub: r.cfg, Retries: true}
 	}
 	ctx, cancel := e.redisCtx(settleTimeout)
 	defer cancel()
@@ -471,6 +471,8 @@ func (e *Engine) check(subs []*sub, now time.Time) {
 		}
 		if c.RetryDue {
 			r.retryDue.Store(true)
+		} else if !c.NextRetry.IsZero() {
+			r.armRetry(c.NextRetry) // a dead process's timer for it is gone
 		}
 		if c.Stale {
 			r.staleDue.Store(true)
@@ -487,11 +489,51 @@ func (e *Engine) check(subs []*sub, now time.Time) {
 	}
 }
 
-// checkEvery is how often an idle subscription is checked for work a dead process left:
-// half its visibility timeout, so stale entries are taken over soon after it passed, but
-// never more often than PollInterval nor less often than CheckInterval.
-func (e *Engine) checkEvery(s *core.Subscription) time.Duration {
-	return min(max(time.Duration(s.VisibilityTimeout)/2, e.opts.PollInterval), e.opts.CheckInterval)
+// watchFleet notices bridge processes that stopped reporting (killed, or stopped past their
+// grace): what they held (pending entries, leased retries, processing lists) can be taken
+// over once it has been idle for a visibility timeout, so every subscription is checked
+// then. Called every few seconds.
+func (e *Engine) watchFleet() {
+	ctx, cancel := e.redisCtx(settleTimeout)
+	procs, err := e.b.Processes(ctx)
+	cancel()
+	if err != nil {
+		return
+	}
+	now := time.Now()
+	alive := make(map[string]bool, len(procs))
+	for name, p := range procs {
+		if name != e.consumer && now.Sub(p.At) <= processFresh {
+			alive[name] = true
+		}
+	}
+	gone := 0
+	for name := range e.fleet {
+		if !alive[name] {
+			gone++
+		}
+	}
+	if e.fleet == nil {
+		// Just started: processes that stopped reporting before this one came up may have
+		// left work behind too.
+		for name, p := range procs {
+			if name != e.consumer && now.Sub(p.At) > processFresh {
+				gone++
+			}
+		}
+	}
+	e.fleet = alive
+	if gone == 0 {
+		return
+	}
+	e.log.Info("a bridge process stopped reporting; its unsettled work is taken over after the visibility timeout", zap.Int("processes", gone))
+	e.mu.Lock()
+	for _, r := range e.subs {
+		if at := now.Add(time.Duration(r.cfg.VisibilityTimeout) + time.Second); at.Before(r.nextCheck) {
+			r.nextCheck = at
+		}
+	}
+	e.mu.Unlock()
 }
 
 // Poke tells the engine that a subscription may have work nothing announced (a seek moved
@@ -542,6 +584,9 @@ func (e *Engine) flushStatsLoop() {
 		case <-t.C:
 			e.flushStats(false)
 			e.report()
+			if n%2 == 0 {
+				e.watchFleet()
+			}
 			if n%60 == 0 {
 				e.pruneProcesses()
 			}
@@ -947,7 +992,7 @@ func (e *Engine) reconcileLocked(name string, s *core.Subscription, ch *changeSe
 	}
 	r := newSub(e, s, l)
 	// Spread the idle checks of a fleet of subscriptions over their interval.
-	r.nextCheck = time.Now().Add(rand.N(e.checkEvery(s)))
+	r.nextCheck = time.Now().Add(rand.N(e.opts.CheckInterval))
 	e.subs[name] = r
 	ch.started = append(ch.started, r)
 }

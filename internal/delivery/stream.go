@@ -90,6 +90,14 @@ func (r *sub) streamRound() bool {
 		if len(rc.Messages) > 0 {
 			r.log.Info("reclaimed messages left pending by another consumer", zap.Int("count", len(rc.Messages)))
 		}
+		if rc.NextStale > 0 {
+			// Entries pending with a consumer that may be gone: look again once they could
+			// be taken over.
+			r.after(&r.staleT, rc.NextStale+10*time.Millisecond, func() {
+				r.staleDue.Store(true)
+				r.kick()
+			})
+		}
 		if len(rc.Messages) == n-used {
 			r.staleDue.Store(true) // there may be more
 		}

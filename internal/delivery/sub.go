@@ -72,11 +72,11 @@ type sub struct {
 	errT      *time.Timer
 	tokenT    *time.Timer
 	keepT     *time.Timer
+	staleT    *time.Timer
 	readWG    sync.WaitGroup // the reader
 	workWG    sync.WaitGroup // the workers
 	bgWG      sync.WaitGroup // timer callbacks doing Redis work
 	nextCheck time.Time      // the engine's idle check; guarded by e.mu
-	checks    int            // idle checks so far; owned by the engine's sweep
 }
 
 func newSub(e *Engine, s *core.Subscription, l *liveSub) *sub {
@@ -365,7 +365,7 @@ func (r *sub) stop() {
 	}
 	r.stopped = true
 	close(r.stopCh)
-	for _, t := range []*time.Timer{r.retryT, r.errT, r.tokenT, r.keepT} {
+	for _, t := range []*time.Timer{r.retryT, r.errT, r.tokenT, r.keepT, r.staleT} {
 		if t != nil {
 			t.Stop()
 		}

@@ -236,6 +236,9 @@ func (t *Trimmer) round(ctx context.Context, now time.Time) {
 func (t *Trimmer) pass(ctx context.Context, subject string, st *subjectState, subs []*core.Subscription, now time.Time) {
 	pctx, cancel := context.WithTimeout(ctx, passTimeout)
 	defer cancel()
+	if ce := t.log.Check(zap.DebugLevel, "retention pass"); ce != nil {
+		ce.Write(zap.String("subject", subject), zap.Time("last_active", st.lastActive))
+	}
 	res, err := t.b.Trim(pctx, subject, core.TrimParams{
 		Now: now, Retention: t.opts.Retention, MaxRetention: t.opts.MaxRetention, Subscriptions: subs,
 	})
