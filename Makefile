@@ -7,7 +7,7 @@ run:
 	go run ./cmd/bridge
 
 test:
-	./scripts/ensure-redis.sh && go test -race -count=1 -timeout 9m ./...
+	./scripts/ensure-redis.sh && ./scripts/ensure-chromium.sh && go test -race -count=1 -timeout 9m ./...
 
 fuzz:
 	./scripts/fuzz.sh

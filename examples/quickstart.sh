@@ -4,7 +4,8 @@
 # {"order":42}, wait until the receiver printed it (signature verified) and the
 # bridge counts it as delivered, print what happened, stop everything.
 #
-#   bash examples/quickstart.sh
+#   bash examples/quickstart.sh          # run, show, stop
+#   bash examples/quickstart.sh --keep   # ...then leave both running: open the console
 #
 # Needs Go and curl (no jq). Settings, all optional:
 #   BRIDGE_LISTEN     bridge address    (default 127.0.0.1:8080)
@@ -172,6 +173,13 @@ pad='              '
 shown="$pad${received//$'\n'/$'\n'$pad}"
 stats=$(sed -n 's/.*"stats":\({[^}]*}\).*/\1/p' "$tmp/body")
 
+# Where is my message: its state and attempts, as the attempt log recorded them.
+view_status=$(api GET "/v1/messages/$id")
+[[ $view_status == 200 ]] || die "GET /v1/messages/$id answered $view_status: $(cat "$tmp/body")"
+state=$(grep -o '"state":"[a-z_]*"' "$tmp/body" | head -n 1 | cut -d'"' -f4)
+attempts=$(grep -o '"outcome":"[a-z_]*"' "$tmp/body" | wc -l | tr -d ' ')
+[[ $state == delivered ]] || die "GET /v1/messages/$id says state ${state:-none}, want delivered: $(cat "$tmp/body")"
+
 cat <<EOF
 
 Done: message $id was published, pushed, verified and acked.
@@ -180,6 +188,21 @@ Done: message $id was published, pushed, verified and acked.
 $shown
   bridge    GET /v1/subscriptions/demo -> "delivered":$count; all stats:
               $stats
+  message   GET /v1/messages/$id -> demo: $state after $attempts attempt(s)
 
 Everything this script started is stopped on exit. To run the pieces yourself: examples/README.md
 EOF
+
+if [[ ${1:-} == --keep ]]; then
+	console="$bridge_url/console/"
+	if [[ -n "${BRIDGE_TOKEN:-}" ]]; then
+		console="$console#token=<your BRIDGE_TOKEN>"
+	fi
+	cat <<EOF
+
+Still running (Ctrl-C stops both). Open the console to see the message and its attempts:
+  $console
+  (look up $id)
+EOF
+	wait "$bridge_pid"
+fi

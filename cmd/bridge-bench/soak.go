@@ -37,6 +37,25 @@ type soakResult struct {
 	BytesPerEntry float64       `json:"bytes_per_entry"`
 	TrimmedAfter  time.Duration `json:"trimmed_after_ns"` // last push to an empty stream
 	Complete      bool          `json:"complete"`
+	// The attempt log is bounded by count (BRIDGE_ATTEMPT_LOG_MAX), not by the stream's
+	// retention: its size after the load is reported, and left out of the growth check.
+	AttemptLogBefore, AttemptLogAfter int64 // bytes (MEMORY USAGE)
+	AttemptLogLen                     int64 // attempts kept after the load
+}
+
+// soakAttemptMax is the attempt log cap the soak runs with (the default).
+const soakAttemptMax = 100000
+
+// attemptLogUsage is the memory and length of the soak subscription's attempt log.
+func attemptLogUsage(addr, subject, sub string) (bytes, length int64) {
+	key := "bridge:{" + subject + "}:attempts:" + sub
+	if v, err := redisDo(addr, "MEMORY", "USAGE", key, "SAMPLES", "0"); err == nil {
+		bytes, _ = v.(int64)
+	}
+	if v, err := redisDo(addr, "XLEN", key); err == nil {
+		length, _ = v.(int64)
+	}
+	return bytes, length
 }
 
 // runSoak publishes n messages through a fresh bridge with one subscription and checks
@@ -90,6 +109,7 @@ func runSoak(ctx context.Context, o options, bridgeBin, dir, redisAddr string, p
 	if r.UsedBefore, err = usedMemory(redisAddr); err != nil {
 		return nil, err
 	}
+	r.AttemptLogBefore, _ = attemptLogUsage(redisAddr, subject, name)
 	rcv.reset()
 
 	// Sample memory and the stream's length while the load runs.
@@ -139,6 +159,7 @@ func runSoak(ctx context.Context, o options, bridgeBin, dir, redisAddr string, p
 	if r.UsedAfter, err = usedMemory(redisAddr); err != nil {
 		return r, err
 	}
+	r.AttemptLogAfter, r.AttemptLogLen = attemptLogUsage(redisAddr, subject, name)
 	r.UsedPeak, r.StreamPeak = max(peakUsed.Load(), r.UsedAfter), peakLen.Load()
 	if r.StreamPeak > 0 {
 		r.BytesPerEntry = float64(r.UsedPeak-r.UsedBefore) / float64(r.StreamPeak)
@@ -149,8 +170,12 @@ func runSoak(ctx context.Context, o options, bridgeBin, dir, redisAddr string, p
 	for _, s := range rcv.anomalies() {
 		problem("soak: %s", s)
 	}
-	if grew := r.UsedAfter - r.UsedBefore; grew > soakMemorySlack {
-		problem("soak: Redis used_memory grew by %.1f MiB over %d messages (allowed %.0f MiB)", float64(grew)/(1<<20), r.Messages, float64(soakMemorySlack)/(1<<20))
+	if grew := r.UsedAfter - r.UsedBefore - (r.AttemptLogAfter - r.AttemptLogBefore); grew > soakMemorySlack {
+		problem("soak: Redis used_memory grew by %.1f MiB over %d messages, not counting the attempt log (allowed %.0f MiB)", float64(grew)/(1<<20), r.Messages, float64(soakMemorySlack)/(1<<20))
+	}
+	// MAXLEN ~ trims whole stream nodes (100 entries each by default).
+	if r.AttemptLogLen > soakAttemptMax+200 {
+		problem("soak: the attempt log holds %d attempts, over BRIDGE_ATTEMPT_LOG_MAX=%d", r.AttemptLogLen, soakAttemptMax)
 	}
 	srv.stop(syscall.SIGTERM, shutdownGrace+10*time.Second)
 	return r, nil
@@ -195,8 +220,11 @@ func printSoak(p func(string, ...any), s *soakResult) {
 	p("")
 	p("soak (bridge, BRIDGE_RETENTION=%s, BRIDGE_TRIM_INTERVAL=%s): %s messages at %s/s, %s delivered, %d duplicates",
 		soakRetention, soakInterval, num(float64(s.Messages)), num(s.PublishPerSec), num(float64(s.Delivered)), s.Duplicates)
-	p("  redis used_memory  before %.2f MiB, peak %.2f MiB, after %.2f MiB (after - before %+.2f MiB, allowed %.0f MiB)",
-		mib(uint64(s.UsedBefore)), mib(uint64(s.UsedPeak)), mib(uint64(s.UsedAfter)), float64(s.UsedAfter-s.UsedBefore)/(1<<20), float64(soakMemorySlack)/(1<<20))
+	p("  redis used_memory  before %.2f MiB, peak %.2f MiB, after %.2f MiB (after - before %+.2f MiB, of which the attempt log %+.2f MiB; allowed %.0f MiB besides it)",
+		mib(uint64(s.UsedBefore)), mib(uint64(s.UsedPeak)), mib(uint64(s.UsedAfter)), float64(s.UsedAfter-s.UsedBefore)/(1<<20),
+		float64(s.AttemptLogAfter-s.AttemptLogBefore)/(1<<20), float64(soakMemorySlack)/(1<<20))
+	p("  attempt log        %s attempts kept (BRIDGE_ATTEMPT_LOG_MAX=%d), %.2f MiB (%.0f bytes each)",
+		num(float64(s.AttemptLogLen)), soakAttemptMax, mib(uint64(s.AttemptLogAfter)), float64(s.AttemptLogAfter)/float64(max(s.AttemptLogLen, 1)))
 	p("  stream at most %s entries during the load (%.0f bytes of Redis memory each); empty %s after the last push",
 		num(float64(s.StreamPeak)), s.BytesPerEntry, ms(s.TrimmedAfter))
 }

@@ -79,6 +79,11 @@ func run(ctx context.Context, environ []string) error {
 	} else {
 		log.Info("redis", zap.String("addr", conn.Addr))
 	}
+	attemptLog := cfg.AttemptLogMax
+	if cfg.AttemptRetention == 0 {
+		attemptLog = 0
+	}
+	brokerOpts = append(brokerOpts, broker.WithAttemptLog(attemptLog))
 	b := broker.New(conn.Client, brokerOpts...)
 	guard := netguard.New(allow)
 
@@ -87,6 +92,7 @@ func run(ctx context.Context, environ []string) error {
 	trimmer := retention.New(b, retention.Options{
 		Retention: time.Duration(cfg.Retention), MaxRetention: time.Duration(cfg.MaxRetention),
 		Interval: time.Duration(cfg.TrimInterval), Logger: log.Named("retention"), Metrics: mx,
+		AttemptRetention: time.Duration(cfg.AttemptRetention),
 	})
 	applyFile := func(ctx context.Context) error {
 		if cfg.SubscriptionsFile == "" {
@@ -113,6 +119,7 @@ func run(ctx context.Context, environ []string) error {
 		OnApply:      trimmer.SetSubscriptions,
 		Touch:        trimmer.Touch,
 		PollInterval: time.Duration(cfg.PollInterval),
+		AttemptLog:   attemptLog > 0,
 	})
 	mx.WatchSubscriptions(subscriptionGauges(b, engine))
 	if err := applyFile(ctx); err != nil {
@@ -249,7 +256,7 @@ func subscriptionGauges(b *broker.Broker, e *delivery.Engine) metrics.GaugeSourc
 			}
 			out = append(out, metrics.SubscriptionGauges{
 				Name: s.Name, Lag: st.Lag, Pending: st.Pending, Retrying: st.Retrying, DLQSize: st.DLQSize,
-				InFlight: e.LocalStats(s.Name).InFlight,
+				AttemptLog: st.AttemptLog, InFlight: e.LocalStats(s.Name).InFlight,
 			})
 		}
 		return out, nil

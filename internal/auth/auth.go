@@ -91,6 +91,30 @@ func (p *Principal) Allows(action Action, resource string) bool {
 	}
 }
 
+// Scopes lists p's scopes as the tokens file names them.
+func (p *Principal) Scopes() []string {
+	var out []string
+	if p.admin {
+		out = append(out, scopeAdmin)
+	}
+	if p.subscriptionsRead {
+		out = append(out, string(ActionSubscriptionsRead))
+	}
+	if p.subscriptionsWrite {
+		out = append(out, string(ActionSubscriptionsWrite))
+	}
+	if p.deadLettersWrite {
+		out = append(out, string(ActionDeadLettersWrite))
+	}
+	for _, g := range p.publish {
+		out = append(out, scopePublishPrefix+g)
+	}
+	return out
+}
+
+// MayPublish reports whether p may publish to some subject.
+func (p *Principal) MayPublish() bool { return p != nil && (p.admin || len(p.publish) > 0) }
+
 // Scope renders the scope a request needed, for the scope="..." attribute of a
 // WWW-Authenticate header (RFC 6750 §3): "publish:<subject>" for ActionPublish, the action
 // itself otherwise.

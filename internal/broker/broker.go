@@ -19,6 +19,8 @@ import (
 type Broker struct {
 	c      rueidis.Client
 	sealer *sealer.Sealer
+	// attemptMax caps each subscription's attempt log; 0 turns it off.
+	attemptMax int
 }
 
 // Option configures a Broker.

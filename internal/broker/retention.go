@@ -51,11 +51,14 @@ local function succ(id)
   return string.format('%.0f-%.0f', ms, seq + 1)
 end
 
+-- Dead-letter streams first (counted), then attempt logs: one of each per subscription.
 local dlqTrimmed = 0
 for i = 1, ndlq do
-  dlqTrimmed = dlqTrimmed + redis.call('XTRIM', KEYS[2 + i], 'MINID', ARGV[8 + i])
+  local n = redis.call('XTRIM', KEYS[2 + i], 'MINID', ARGV[8 + i])
+  if i <= nstats then dlqTrimmed = dlqTrimmed + n end
 end
--- In-flight reports of processes long gone.
+-- In-flight reports of processes long gone, and their last successes (circuit breaker)
+-- once older than any run of failures that matters.
 for i = 1, nstats do
   local key = KEYS[2 + ndlq + i]
   local f = redis.call('HGETALL', key)
@@ -63,6 +66,9 @@ for i = 1, nstats do
     if string.sub(f[j], 1, 9) == 'inflight:' then
       local at = tonumber(string.match(f[j+1], ':(%d+)$'))
       if at == nil or at < now - stale then redis.call('HDEL', key, f[j]) end
+    elseif string.sub(f[j], 1, 5) == 'okat:' then
+      local at = tonumber(f[j+1])
+      if at == nil or at < now - 86400000 then redis.call('HDEL', key, f[j]) end
     end
   end
 end
@@ -187,19 +193,24 @@ const staleInFlight = time.Hour
 func (b *Broker) Trim(ctx context.Context, subject string, p core.TrimParams) (core.TrimResult, error) {
 	var out core.TrimResult
 	now := p.Now.UnixMilli()
-	keys := make([]string, 2, 2+2*len(p.Subscriptions))
+	keys := make([]string, 2, 2+3*len(p.Subscriptions))
 	keys[0], keys[1] = subject, ackedKey(subject)
 	args := []string{
 		strconv.FormatInt(now, 10), strconv.FormatInt(p.Retention.Milliseconds(), 10),
 		strconv.FormatInt(p.MaxRetention.Milliseconds(), 10),
 		// Samples are needed for one retention; a subject left alone takes its own with it.
 		strconv.FormatInt((2*p.Retention + 10*time.Minute).Milliseconds(), 10),
-		strconv.Itoa(len(p.Subscriptions)), strconv.Itoa(len(p.Subscriptions)),
+		strconv.Itoa(2 * len(p.Subscriptions)), strconv.Itoa(len(p.Subscriptions)),
 		strconv.FormatInt(staleInFlight.Milliseconds(), 10), strconv.Itoa(expiryBudget),
 	}
 	for _, s := range p.Subscriptions {
 		keys = append(keys, dlqKey(subject, s.Name))
 		args = append(args, strconv.FormatInt(max(now-time.Duration(s.DLQRetention).Milliseconds(), 0), 10)+"-0")
+	}
+	attemptsFrom := strconv.FormatInt(max(now-p.AttemptRetention.Milliseconds(), 0), 10) + "-0"
+	for _, s := range p.Subscriptions {
+		keys = append(keys, attemptsKey(subject, s.Name))
+		args = append(args, attemptsFrom)
 	}
 	for _, s := range p.Subscriptions {
 		keys = append(keys, statsKey(subject, s.Name))

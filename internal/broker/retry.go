@@ -34,6 +34,10 @@ type retryRecord struct {
 	ID      string            `json:"i"`
 	Body    []byte            `json:"b"`
 	Headers map[string]string `json:"h,omitempty"`
+	// The failure context the next push carries (SPEC §10).
+	LastStatus   int    `json:"ls,omitempty"`
+	LastError    string `json:"le,omitempty"`
+	FirstAttempt int64  `json:"fa,omitempty"` // unix ms
 }
 
 // The retry set of a subscription is a ZSET scored by due time (ms) plus two hashes keyed
@@ -59,13 +63,15 @@ end
 var (
 	// Settling the original is one of: XACK (stream), ZREM+HDEL from the retry set (retry),
 	// LREM from the processing list plus its delivery count (list), or nothing (none).
-	// KEYS: marker, zset, data, counts, source (stream or processing list), list counts.
-	// ARGV: incarnation, id, dueMs, record ("" keeps the stored one), deliveries, mode, group, handle.
-	retryScript = rueidis.NewLuaScript(settleLua + markerLua + `
+	// KEYS: marker, zset, data, counts, source (stream or processing list), list counts,
+	// attempt log. ARGV: incarnation, id, dueMs, record ("" keeps the stored one),
+	// deliveries, mode, group, handle, then the attempt (see logAttemptLua).
+	retryScript = rueidis.NewLuaScript(settleLua + logAttemptLua + markerLua + `
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], ARGV[2], ARGV[4]) end
 redis.call('HSET', KEYS[4], ARGV[2], ARGV[5])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 if ARGV[6] ~= 'retry' then settle(ARGV[6], KEYS[5], KEYS[2], KEYS[3], KEYS[4], KEYS[6], ARGV[7], ARGV[8], ARGV[2]) end
+logAttempt(KEYS[7], 9)
 return 1`)
 	// KEYS: zset, data, counts. ARGV: ids.
 	ackRetryScript = rueidis.NewLuaScript(`
@@ -83,20 +89,31 @@ func (b *Broker) retryKeys(s *core.Subscription) []string {
 
 // Retry schedules m for another delivery to s at due. The copy is written and the original
 // acknowledged in one script, so a crash can neither lose nor duplicate it; the retry is
-// scoped to this subscription and never reaches another group on the same stream.
-func (b *Broker) Retry(ctx context.Context, s *core.Subscription, m *core.Message, due time.Time) error {
-	rec := ""
-	if m.Origin != core.FromRetry {
-		raw, err := json.Marshal(retryRecord{ID: m.ID, Body: m.Body, Headers: m.Headers})
-		if err != nil {
-			return err
+// scoped to this subscription and never reaches another group on the same stream. The
+// attempt that failed (nil: none) is logged by the same script.
+func (b *Broker) Retry(ctx context.Context, s *core.Subscription, m *core.Message, due time.Time, attempt *core.Attempt) error {
+	// The record is written on every retry: it carries the failure context of the attempt
+	// that just failed.
+	rr := retryRecord{ID: m.ID, Body: m.Body, Headers: m.Headers, FirstAttempt: m.FirstAttempt.UnixMilli()}
+	if m.FirstAttempt.IsZero() {
+		rr.FirstAttempt = time.Now().UnixMilli()
+		if attempt != nil {
+			rr.FirstAttempt -= attempt.Latency.Milliseconds()
 		}
-		rec = string(raw)
 	}
+	if attempt != nil {
+		rr.LastStatus, rr.LastError = attempt.Status, attempt.Error
+	}
+	raw, err := json.Marshal(rr)
+	if err != nil {
+		return err
+	}
+	rec := string(raw)
 	mode, src := settleMode(s, m)
 	keys := []string{markerKey(s.Subject, s.Name), retryKey(s.Subject, s.Name), retryDataKey(s.Subject, s.Name),
-		retryCountKey(s.Subject, s.Name), src, listCountKey(s.Subject, s.Name)}
+		retryCountKey(s.Subject, s.Name), src, listCountKey(s.Subject, s.Name), attemptsKey(s.Subject, s.Name)}
 	args := []string{s.Incarnation(), m.ID, strconv.FormatInt(due.UnixMilli(), 10), rec, strconv.Itoa(m.Deliveries), mode, groupName(s.Name), m.EntryID}
+	args = append(args, b.attemptArgs(attempt)...)
 	if err := checkGone(retryScript.Exec(ctx, b.c, keys, args)); err != nil {
 		return fmt.Errorf("schedule retry of %s: %w", m.ID, classify(err))
 	}
@@ -130,10 +147,15 @@ func (b *Broker) ClaimRetries(ctx context.Context, s *core.Subscription, now tim
 		if err := json.Unmarshal([]byte(it.Record), &rec); err != nil {
 			return nil, next, fmt.Errorf("retry record %s: %w", it.ID, err)
 		}
-		msgs = append(msgs, core.Message{
+		m := core.Message{
 			ID: it.ID, Subject: s.Subject, Origin: core.FromRetry,
 			Body: rec.Body, Headers: rec.Headers, Deliveries: it.Count,
-		})
+			LastStatus: rec.LastStatus, LastError: rec.LastError,
+		}
+		if rec.FirstAttempt > 0 {
+			m.FirstAttempt = time.UnixMilli(rec.FirstAttempt)
+		}
+		msgs = append(msgs, m)
 	}
 	return msgs, next, nil
 }

@@ -128,14 +128,17 @@ func TestRetryScript(t *testing.T) {
 			e.reset(t)
 			s := e.live(t, testSub("a", "orders"))
 			m := c.prepare(t, e, s)
-			var storedRec string
+			// A retried message keeps the time of its first attempt; a first failure
+			// records its own. Either way the record carries the failed attempt's status.
+			wantFirst := time.Now().Add(-10 * time.Millisecond).UnixMilli()
 			if m.Origin == core.FromRetry {
-				storedRec, _ = e.str(t, "HGET", retryDataKey(s.Subject, s.Name), m.ID)
-				m.Body = []byte("not what was stored") // the stored record must be kept
+				m.FirstAttempt = time.UnixMilli(1_700_000_000_000)
+				wantFirst = 1_700_000_000_000
 			}
 			before := e.snapshot(t)
 			due := time.Now().Add(time.Minute).Truncate(time.Millisecond)
-			if err := e.b.Retry(e.ctx, s, m, due); err != nil {
+			attempt := &core.Attempt{MessageID: m.ID, Status: 503, Latency: 10 * time.Millisecond, Outcome: core.OutcomeRetry}
+			if err := e.b.Retry(e.ctx, s, m, due, attempt); err != nil {
 				t.Fatal(err)
 			}
 			after := e.snapshot(t)
@@ -150,24 +153,23 @@ func TestRetryScript(t *testing.T) {
 			}
 			raw, _ := e.str(t, "HGET", retryDataKey(s.Subject, s.Name), m.ID)
 			if m.Origin == core.FromRetry {
-				if raw != storedRec {
-					t.Errorf("record %q, want the stored %q kept", raw, storedRec)
-				}
 				if n := len(e.zset(t, retryKey(s.Subject, s.Name))); n != 2 {
 					t.Errorf("%d in the retry set, want 2", n)
 				}
-			} else {
-				var rec retryRecord
-				if err := json.Unmarshal([]byte(raw), &rec); err != nil {
-					t.Fatalf("record %q: %v", raw, err)
-				}
-				want := retryRecord{ID: m.ID, Body: m.Body, Headers: m.Headers}
-				if len(want.Headers) == 0 {
-					want.Headers = nil // omitted when empty
-				}
-				if !reflect.DeepEqual(rec, want) {
-					t.Errorf("record %+v, want %+v", rec, want)
-				}
+			}
+			var rec retryRecord
+			if err := json.Unmarshal([]byte(raw), &rec); err != nil {
+				t.Fatalf("record %q: %v", raw, err)
+			}
+			if m.Origin != core.FromRetry && rec.FirstAttempt >= wantFirst-50 && rec.FirstAttempt <= time.Now().UnixMilli() {
+				rec.FirstAttempt = wantFirst // a first failure: its own time, less the push's latency
+			}
+			want := retryRecord{ID: m.ID, Body: m.Body, Headers: m.Headers, LastStatus: 503, FirstAttempt: wantFirst}
+			if len(want.Headers) == 0 {
+				want.Headers = nil // omitted when empty
+			}
+			if !reflect.DeepEqual(rec, want) {
+				t.Errorf("record %+v, want %+v", rec, want)
 			}
 			if c.settled != nil {
 				c.settled(t, e, s, m)
@@ -180,7 +182,7 @@ func TestRetryScript(t *testing.T) {
 				m := c.prepare(t, e, s)
 				ms.set(t, e, s)
 				before := e.snapshot(t)
-				err := e.b.Retry(e.ctx, s, m, time.Now())
+				err := e.b.Retry(e.ctx, s, m, time.Now(), nil)
 				if !errors.Is(err, core.ErrGone) {
 					t.Fatalf("Retry: %v, want core.ErrGone", err)
 				}
@@ -261,7 +263,7 @@ func TestClaimRetries(t *testing.T) {
 		run  func(t *testing.T)
 	}{
 		{"a failed first delivery waits in the retry set", func(t *testing.T) {
-			if err := e.b.Retry(e.ctx, s, m, due); err != nil {
+			if err := e.b.Retry(e.ctx, s, m, due, nil); err != nil {
 				t.Fatal(err)
 			}
 		}},
@@ -279,6 +281,9 @@ func TestClaimRetries(t *testing.T) {
 		{"due: handed out as the second delivery, leased", func(t *testing.T) {
 			msgs, next := claim(t, s, due)
 			want := core.Message{ID: m.ID, Subject: s.Subject, Origin: core.FromRetry, Body: m.Body, Headers: headers, Deliveries: 2}
+			if len(msgs) == 1 && time.Since(msgs[0].FirstAttempt) < time.Minute {
+				want.FirstAttempt = msgs[0].FirstAttempt // when the first delivery failed
+			}
 			if len(msgs) != 1 || !reflect.DeepEqual(msgs[0], want) {
 				t.Fatalf("claimed %+v, want %+v", msgs, want)
 			}
@@ -297,7 +302,7 @@ func TestClaimRetries(t *testing.T) {
 				t.Fatalf("claimed %+v, want the message as delivery 3", msgs)
 			}
 			// It failed again: back to the set, its record kept.
-			if err := e.b.Retry(e.ctx, s, &msgs[0], due.Add(2*time.Hour)); err != nil {
+			if err := e.b.Retry(e.ctx, s, &msgs[0], due.Add(2*time.Hour), nil); err != nil {
 				t.Fatal(err)
 			}
 		}},

@@ -9,7 +9,8 @@ import (
 )
 
 // Settle acknowledges a batch of settlements in as few commands as they allow: one XACK per
-// stream group, one script per retry set and per processing list, all pipelined. A lost
+// stream group, one script per retry set and per processing list, and one XADD per attempt
+// to log, all pipelined. A lost
 // acknowledgement means a delivery again later, never a loss.
 func (b *Broker) Settle(ctx context.Context, batch []core.Settlement) error {
 	type subKey struct{ subject, sub string }
@@ -32,6 +33,14 @@ func (b *Broker) Settle(ctx context.Context, batch []core.Settlement) error {
 	cmds := make(rueidis.Commands, 0, len(acks))
 	for k, ids := range acks {
 		cmds = append(cmds, b.c.B().Xack().Key(k.subject).Group(groupName(k.sub)).Id(ids...).Build())
+	}
+	if b.attemptMax > 0 {
+		// Each attempt rides in the same pipeline as the acks: no round trip of its own.
+		for _, st := range batch {
+			if st.Attempt != nil {
+				cmds = append(cmds, b.attemptCmd(st.Sub, st.Attempt))
+			}
+		}
 	}
 	execs := make([]rueidis.LuaExec, 0, len(retries))
 	for k, ids := range retries {

@@ -23,6 +23,8 @@ func (b *Broker) SubscriptionStats(ctx context.Context, s *core.Subscription) (c
 		b.c.B().Xlen().Key(dlqKey(s.Subject, s.Name)).Build(),
 		b.c.B().Hgetall().Key(statsKey(s.Subject, s.Name)).Build(),
 		b.c.B().Xlen().Key(s.Subject).Build(),
+		b.c.B().Xlen().Key(attemptsKey(s.Subject, s.Name)).Build(),
+		b.c.B().Hgetall().Key(circuitKey(s.Subject, s.Name)).Build(),
 	)
 	groups, err := res[0].ToArray()
 	if err != nil && !isNoKey(err) && !rueidis.IsRedisNil(err) {
@@ -57,6 +59,9 @@ func (b *Broker) SubscriptionStats(ctx context.Context, s *core.Subscription) (c
 	st.Retrying, _ = res[1].AsInt64()
 	st.DLQSize, _ = res[2].AsInt64()
 	st.StreamLength, _ = res[4].AsInt64()
+	st.AttemptLog, _ = res[5].AsInt64()
+	cf, _ := res[6].AsStrMap()
+	st.Circuit = decodeCircuit(cf)
 	fields, _ := res[3].AsStrMap()
 	st.Shared = decodeShared(fields, time.Now())
 	return st, nil
@@ -70,6 +75,8 @@ func (b *Broker) otherStats(ctx context.Context, s *core.Subscription) (core.Gro
 		b.c.B().Hgetall().Key(statsKey(s.Subject, s.Name)).Build(),
 		b.c.B().Zcard().Key(retryKey(s.Subject, s.Name)).Build(),
 		b.c.B().Xlen().Key(dlqKey(s.Subject, s.Name)).Build(),
+		b.c.B().Xlen().Key(attemptsKey(s.Subject, s.Name)).Build(),
+		b.c.B().Hgetall().Key(circuitKey(s.Subject, s.Name)).Build(),
 	}
 	if s.Transport == core.TransportList {
 		cmds = append(cmds, b.c.B().Llen().Key(s.Subject).Build(),
@@ -83,9 +90,12 @@ func (b *Broker) otherStats(ctx context.Context, s *core.Subscription) (core.Gro
 	st.Shared = decodeShared(fields, time.Now())
 	st.Retrying, _ = res[1].AsInt64()
 	st.DLQSize, _ = res[2].AsInt64()
+	st.AttemptLog, _ = res[3].AsInt64()
+	cf, _ := res[4].AsStrMap()
+	st.Circuit = decodeCircuit(cf)
 	if s.Transport == core.TransportList {
-		st.Lag, _ = res[3].AsInt64()
-		consumers, _ := res[4].AsStrSlice()
+		st.Lag, _ = res[5].AsInt64()
+		consumers, _ := res[6].AsStrSlice()
 		if len(consumers) > 0 {
 			lens := make(rueidis.Commands, len(consumers))
 			for i, c := range consumers {
@@ -163,6 +173,9 @@ func (b *Broker) AddStats(ctx context.Context, s *core.Subscription, consumer st
 	args[1] = strconv.Itoa(counters)
 	now := time.Now()
 	args = append(args, inFlightPrefix+consumer, strconv.FormatInt(d.InFlight, 10)+":"+strconv.FormatInt(now.UnixMilli(), 10))
+	if !d.OkAt.IsZero() {
+		args = append(args, okAtPrefix+consumer, strconv.FormatInt(d.OkAt.UnixMilli(), 10))
+	}
 	if !d.LastAt.IsZero() {
 		args = append(args, "last_status", strconv.Itoa(d.LastStatus), "last_error", d.LastError,
 			"last_at", strconv.FormatInt(d.LastAt.UnixMilli(), 10))
@@ -176,7 +189,7 @@ func (b *Broker) AddStats(ctx context.Context, s *core.Subscription, consumer st
 
 // ForgetInFlight removes this process's in-flight report (at a clean stop).
 func (b *Broker) ForgetInFlight(ctx context.Context, s *core.Subscription, consumer string) error {
-	return classify(b.c.Do(ctx, b.c.B().Hdel().Key(statsKey(s.Subject, s.Name)).Field(inFlightPrefix+consumer).Build()).Error())
+	return classify(b.c.Do(ctx, b.c.B().Hdel().Key(statsKey(s.Subject, s.Name)).Field(inFlightPrefix+consumer, okAtPrefix+consumer).Build()).Error())
 }
 
 func decodeShared(f map[string]string, now time.Time) core.SharedStats {

@@ -82,6 +82,8 @@ type Config struct {
 	Retention           Duration `env:"RETENTION" envDefault:"1h"`
 	MaxRetention        Duration `env:"MAX_RETENTION" envDefault:"168h"`
 	TrimInterval        Duration `env:"TRIM_INTERVAL" envDefault:"10s"`
+	AttemptRetention    Duration `env:"ATTEMPT_RETENTION" envDefault:"24h"`
+	AttemptLogMax       int      `env:"ATTEMPT_LOG_MAX" envDefault:"100000"`
 	PollInterval        Duration `env:"POLL_INTERVAL" envDefault:"1s"`
 	PprofListen         string   `env:"PPROF_LISTEN"`
 	LogLevel            string   `env:"LOG_LEVEL" envDefault:"info"`
@@ -149,6 +151,12 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxRetention != 0 && c.MaxRetention <= c.Retention {
 		return fmt.Errorf("BRIDGE_MAX_RETENTION: %s must exceed BRIDGE_RETENTION (%s), or be 0 for no hard cap", c.MaxRetention, c.Retention)
+	}
+	if c.AttemptRetention < 0 || c.AttemptRetention > Duration(366*24*time.Hour) {
+		return fmt.Errorf("BRIDGE_ATTEMPT_RETENTION: %s out of range (0 to 8784h; 0 turns the attempt log off)", c.AttemptRetention)
+	}
+	if c.AttemptLogMax < 0 || c.AttemptLogMax > 10_000_000 {
+		return fmt.Errorf("BRIDGE_ATTEMPT_LOG_MAX: %d out of range (0 to 10000000; 0 turns the attempt log off)", c.AttemptLogMax)
 	}
 	if c.PprofListen != "" {
 		h, _, err := net.SplitHostPort(c.PprofListen)

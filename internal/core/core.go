@@ -54,6 +54,11 @@ const (
 	HeaderContentEncoding  = "content-encoding"
 	HeaderTraceparent      = "traceparent"
 	HeaderTracestate       = "tracestate"
+	// Failure context on a retry (SPEC §10): the previous attempt's status or error, and
+	// when the first attempt was made.
+	HeaderLastStatus   = "bridge-last-status"
+	HeaderLastError    = "bridge-last-error"
+	HeaderFirstAttempt = "bridge-first-attempt"
 )
 
 // Dead-letter reasons, as ruststream-fred spells them.
@@ -94,6 +99,11 @@ type Message struct {
 	Deliveries int
 	// IdleMS is how long the message sat unsettled before it was reclaimed from a dead consumer; 0 otherwise.
 	IdleMS int64
+	// The failure context of a retried message: the previous attempt's status (0: none)
+	// or error, and when its first attempt was made (zero when unknown).
+	LastStatus   int
+	LastError    string
+	FirstAttempt time.Time
 }
 
 // MessageID derives the public message id from a subject and a stream entry id.
@@ -111,7 +121,7 @@ func ForbiddenPushHeader(lowerName string) bool {
 	case "host", "content-length", "connection", "keep-alive", "proxy-connection",
 		"proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding",
 		"upgrade", "expect", "bridge-subject", "bridge-subscription",
-		HeaderDeliveryCount, HeaderIdleMS:
+		HeaderDeliveryCount, HeaderIdleMS, HeaderLastStatus, HeaderLastError, HeaderFirstAttempt:
 		return true
 	}
 	return strings.HasPrefix(lowerName, "webhook-")
@@ -123,6 +133,8 @@ type DeadLetterInfo struct {
 	LastStatus int
 	LastError  string
 	At         time.Time
+	// Attempt, when set, is recorded in the attempt log in the same script.
+	Attempt *Attempt
 }
 
 // Reclaimed is the result of one reclaim pass over a subscription's pending entries.
@@ -168,7 +180,10 @@ type GroupStats struct {
 	Pending      int64
 	Retrying     int64
 	DLQSize      int64
-	Shared       SharedStats
+	// AttemptLog is the number of attempts in the subscription's attempt log.
+	AttemptLog int64
+	Circuit    Circuit
+	Shared     SharedStats
 }
 
 // LocalStats are one bridge process's delivery counters for one subscription.
@@ -206,6 +221,9 @@ type StatsDelta struct {
 	LastStatus int
 	LastError  string
 	LastAt     time.Time
+	// OkAt is when the process last had a push acknowledged (zero: not since the last
+	// report); it resets the circuit breaker's run of failures.
+	OkAt time.Time
 	// InFlight is the process's current number of pushes in flight.
 	InFlight int64
 }
@@ -254,8 +272,11 @@ type TrimParams struct {
 	// MaxRetention removes entries older than this even if unacknowledged (0 = never).
 	MaxRetention time.Duration
 	// Subscriptions are the subject's stream subscriptions: their dead letters are trimmed
-	// by their dlq_retention, and their losses to MaxRetention counted.
+	// by their dlq_retention, their attempt logs by AttemptRetention, and their losses to
+	// MaxRetention counted.
 	Subscriptions []*Subscription
+	// AttemptRetention is how long attempts stay in the attempt logs.
+	AttemptRetention time.Duration
 }
 
 // TrimResult is what one retention pass did.
@@ -302,6 +323,117 @@ type Settlement struct {
 	Handle string
 	// ID and Queue are the message id and processing list of a FromList settlement.
 	ID, Queue string
+	// Attempt, when set, is recorded in the subscription's attempt log with the settlement.
+	// A settlement with Origin Unsettled records only its attempt.
+	Attempt *Attempt
+}
+
+// CircuitState is where a subscription's circuit breaker stands.
+type CircuitState string
+
+// The circuit states (SPEC §10).
+const (
+	CircuitClosed   CircuitState = "closed"
+	CircuitOpen     CircuitState = "open"
+	CircuitHalfOpen CircuitState = "half_open"
+)
+
+// CircuitVerdict is what the circuit made of one failed attempt.
+type CircuitVerdict string
+
+// The circuit's verdicts on a failure.
+const (
+	// CircuitCounted: closed; the failure counts as an attempt.
+	CircuitCounted CircuitVerdict = "counted"
+	// CircuitOpened: this failure opened the circuit; it counts as an attempt.
+	CircuitOpened CircuitVerdict = "opened"
+	// CircuitIsOpen: the circuit was open already; the attempt must not count.
+	CircuitIsOpen CircuitVerdict = "open"
+	// CircuitReopened: the probe failed; open again with a doubled cooldown, not counted.
+	CircuitReopened CircuitVerdict = "reopened"
+)
+
+// Circuit is a subscription's circuit breaker as the stats show it.
+type Circuit struct {
+	State CircuitState
+	// Since is when it opened (zero when closed); Until when a probe may go (open) or the
+	// probe's lease ends (half_open).
+	Since, Until time.Time
+	// Failures is the current run of consecutive failures.
+	Failures int
+}
+
+// Attempt outcomes, as the attempt log records them (SPEC §9).
+const (
+	OutcomeAck        = "ack"
+	OutcomeRetry      = "retry"
+	OutcomeDeadLetter = "dead_letter"
+	OutcomeFiltered   = "filtered"
+	OutcomeDeferred   = "deferred"
+	// OutcomeFailed is a failed push nothing retries: Pub/Sub is at most once.
+	OutcomeFailed = "failed"
+)
+
+// Attempt is one push of one message to one subscription, as the attempt log keeps it.
+type Attempt struct {
+	// Cursor is the attempt's id in the log (read side only): its time and its place.
+	Cursor    string
+	At        time.Time // when the outcome was recorded (read side only)
+	MessageID string
+	Delivery  int
+	Status    int // the HTTP status; 0 when there was no answer
+	Error     string
+	Latency   time.Duration
+	Outcome   string
+	Process   string
+}
+
+// Message states in a message view (SPEC §9); StateFailed is a Pub/Sub push that failed
+// (at most once: nothing retries it).
+const (
+	StatePending      = "pending"
+	StateDelivered    = "delivered"
+	StateRetrying     = "retrying"
+	StateDeadLettered = "dead_lettered"
+	StateFiltered     = "filtered"
+	StateExpired      = "expired"
+	StateFailed       = "failed"
+)
+
+// MessageView is one message as GET /v1/messages/{id} shows it.
+type MessageView struct {
+	ID, Subject string
+	Transport   Transport
+	PublishedAt time.Time
+	// HasBody says whether the message itself was found (a delivered list or Pub/Sub
+	// message is kept nowhere, only its attempts are).
+	HasBody   bool
+	Headers   map[string]string
+	Body      []byte
+	Size      int
+	Truncated bool
+	States    []MessageState
+}
+
+// MessageState is where one message stands for one subscription.
+type MessageState struct {
+	Subscription string
+	State        string
+	Attempts     []Attempt
+}
+
+// AttemptQuery selects attempts of one subscription, newest first.
+type AttemptQuery struct {
+	// Before is a cursor: only attempts older than it ("" = from the newest).
+	Before  string
+	Limit   int
+	Outcome string // "" = every outcome
+}
+
+// AttemptPage is one page of an attempt listing; Next continues it ("" = no more).
+type AttemptPage struct {
+	Attempts []Attempt
+	Next     string
 }
 
 // PubSubKind says how a Pub/Sub channel is subscribed.

@@ -113,6 +113,27 @@ func ParseDuration(s string) (time.Duration, error) {
 	return v, nil
 }
 
+// CircuitBreaker stops pushing to a failing webhook (SPEC §10): after Failures consecutive
+// failed attempts (0 = off) no push goes and no attempt is used until a probe, one per
+// Cooldown (doubling after each failed probe, up to MaxCircuitCooldown), succeeds.
+type CircuitBreaker struct {
+	Failures int      `json:"failures"`
+	Cooldown Duration `json:"cooldown"`
+}
+
+// CircuitBreakerInput is the optional circuit_breaker object of a PUT body.
+type CircuitBreakerInput struct {
+	Failures *int      `json:"failures"`
+	Cooldown *Duration `json:"cooldown"`
+}
+
+// Circuit breaker bounds and defaults.
+const (
+	DefaultCircuitCooldown = 30 * time.Second
+	MaxCircuitCooldown     = 10 * time.Minute
+	MaxCircuitFailures     = 10000
+)
+
 // Retry is the backoff window of a subscription.
 type Retry struct {
 	MinBackoff Duration `json:"min_backoff"`
@@ -140,7 +161,9 @@ type Subscription struct {
 	Headers           map[string]string `json:"headers"`
 	// DLQRetention is how long a dead letter is kept.
 	DLQRetention Duration `json:"dlq_retention"`
-	Secret       string   `json:"secret,omitempty"`
+	// CircuitBreaker is off unless Failures > 0.
+	CircuitBreaker CircuitBreaker `json:"circuit_breaker"`
+	Secret         string         `json:"secret,omitempty"`
 	// PreviousSecret keeps signing beside Secret until PreviousSecretUntil (after a rotation).
 	PreviousSecret      string     `json:"previous_secret,omitempty"`
 	PreviousSecretUntil *time.Time `json:"previous_secret_until,omitempty"`
@@ -152,24 +175,25 @@ type Subscription struct {
 
 // SubscriptionInput is the PUT body: every field optional but subject and url, unknown fields refused.
 type SubscriptionInput struct {
-	Subject           string            `json:"subject"`
-	URL               string            `json:"url"`
-	Transport         Transport         `json:"transport"`
-	Start             string            `json:"start"`
-	ListMode          ListMode          `json:"list_mode"`
-	PubSubMode        PubSubMode        `json:"pubsub_mode"`
-	Pattern           bool              `json:"pattern"`
-	MaxDeliveries     *int              `json:"max_deliveries"`
-	Retry             *RetryInput       `json:"retry"`
-	Timeout           *Duration         `json:"timeout"`
-	VisibilityTimeout *Duration         `json:"visibility_timeout"`
-	MaxInFlight       *int              `json:"max_in_flight"`
-	RateLimit         *float64          `json:"rate_limit"`
-	Ordered           bool              `json:"ordered"`
-	Headers           map[string]string `json:"headers"`
-	DLQRetention      *Duration         `json:"dlq_retention"`
-	Secret            string            `json:"secret"`
-	Paused            bool              `json:"paused"`
+	Subject           string               `json:"subject"`
+	URL               string               `json:"url"`
+	Transport         Transport            `json:"transport"`
+	Start             string               `json:"start"`
+	ListMode          ListMode             `json:"list_mode"`
+	PubSubMode        PubSubMode           `json:"pubsub_mode"`
+	Pattern           bool                 `json:"pattern"`
+	MaxDeliveries     *int                 `json:"max_deliveries"`
+	Retry             *RetryInput          `json:"retry"`
+	Timeout           *Duration            `json:"timeout"`
+	VisibilityTimeout *Duration            `json:"visibility_timeout"`
+	MaxInFlight       *int                 `json:"max_in_flight"`
+	RateLimit         *float64             `json:"rate_limit"`
+	Ordered           bool                 `json:"ordered"`
+	Headers           map[string]string    `json:"headers"`
+	DLQRetention      *Duration            `json:"dlq_retention"`
+	CircuitBreaker    *CircuitBreakerInput `json:"circuit_breaker"`
+	Secret            string               `json:"secret"`
+	Paused            bool                 `json:"paused"`
 }
 
 // RetryInput is the optional retry object of a PUT body.
@@ -203,20 +227,21 @@ func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
 // It does not check the URL's target (the caller's SSRF guard does) nor the secret format.
 func (in *SubscriptionInput) Build(name string) (*Subscription, error) {
 	s := &Subscription{
-		Name:          name,
-		Subject:       in.Subject,
-		URL:           in.URL,
-		Transport:     in.Transport,
-		Start:         in.Start,
-		MaxDeliveries: DefaultMaxDeliveries,
-		Retry:         Retry{MinBackoff: Duration(DefaultMinBackoff), MaxBackoff: Duration(DefaultMaxBackoff)},
-		Timeout:       Duration(DefaultTimeout),
-		MaxInFlight:   DefaultMaxInFlight,
-		Ordered:       in.Ordered,
-		Headers:       in.Headers,
-		DLQRetention:  Duration(DefaultDLQRetention),
-		Secret:        in.Secret,
-		Paused:        in.Paused,
+		Name:           name,
+		Subject:        in.Subject,
+		URL:            in.URL,
+		Transport:      in.Transport,
+		Start:          in.Start,
+		MaxDeliveries:  DefaultMaxDeliveries,
+		Retry:          Retry{MinBackoff: Duration(DefaultMinBackoff), MaxBackoff: Duration(DefaultMaxBackoff)},
+		Timeout:        Duration(DefaultTimeout),
+		MaxInFlight:    DefaultMaxInFlight,
+		Ordered:        in.Ordered,
+		Headers:        in.Headers,
+		DLQRetention:   Duration(DefaultDLQRetention),
+		CircuitBreaker: CircuitBreaker{Cooldown: Duration(DefaultCircuitCooldown)},
+		Secret:         in.Secret,
+		Paused:         in.Paused,
 	}
 	if s.Subject == "" {
 		return nil, &FieldError{"subject", "required"}
@@ -334,6 +359,23 @@ func (in *SubscriptionInput) Build(name string) (*Subscription, error) {
 	}
 	if s.DLQRetention < Duration(time.Second) || s.DLQRetention > Duration(MaxDLQRetention) {
 		return nil, &FieldError{"dlq_retention", "must be between 1s and 8784h (366 days)"}
+	}
+	if cb := in.CircuitBreaker; cb != nil {
+		if cb.Failures != nil {
+			s.CircuitBreaker.Failures = *cb.Failures
+		}
+		if cb.Cooldown != nil {
+			s.CircuitBreaker.Cooldown = *cb.Cooldown
+		}
+	}
+	if s.CircuitBreaker.Failures < 0 || s.CircuitBreaker.Failures > MaxCircuitFailures {
+		return nil, &FieldError{"circuit_breaker.failures", fmt.Sprintf("must be between 0 (off) and %d", MaxCircuitFailures)}
+	}
+	if s.CircuitBreaker.Cooldown < Duration(time.Second) || s.CircuitBreaker.Cooldown > Duration(MaxCircuitCooldown) {
+		return nil, &FieldError{"circuit_breaker.cooldown", "must be between 1s and 10m"}
+	}
+	if s.CircuitBreaker.Failures > 0 && s.Transport == TransportPubSub {
+		return nil, &FieldError{"circuit_breaker", "Pub/Sub messages cannot wait for a circuit to close: at most once, they are not kept"}
 	}
 	if len(s.Headers) > MaxStaticHeaders {
 		return nil, &FieldError{"headers", fmt.Sprintf("at most %d headers", MaxStaticHeaders)}

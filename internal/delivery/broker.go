@@ -59,7 +59,7 @@ type Lists interface {
 type Settler interface {
 	// Settle acknowledges a batch (stream entries, retried and list messages).
 	Settle(ctx context.Context, batch []core.Settlement) error
-	Retry(ctx context.Context, s *core.Subscription, m *core.Message, due time.Time) error
+	Retry(ctx context.Context, s *core.Subscription, m *core.Message, due time.Time, attempt *core.Attempt) error
 	DeadLetter(ctx context.Context, s *core.Subscription, m *core.Message, info core.DeadLetterInfo) error
 }
 

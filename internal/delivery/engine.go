@@ -77,6 +77,8 @@ type Options struct {
 	// Touch, when set, is called with a subject each time entries were read from it (the
 	// retention trimmer looks at subjects with traffic).
 	Touch func(subject string)
+	// AttemptLog records every push attempt with its settlement (SPEC §9).
+	AttemptLog bool
 }
 
 // Engine delivers every active subscription. Start it once; Shutdown it once (a second

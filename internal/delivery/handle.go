@@ -36,7 +36,8 @@ func (r *sub) handle(m *core.Message) result {
 	if m.Deliveries > cfg.MaxDeliveries {
 		// Reclaimed after its consumer died mid-push as often as it may be delivered: a
 		// poison message must not crash-loop the fleet.
-		return r.deadLetter(cfg, m, core.ReasonMaxDeliveries, 0, "delivery count exceeded max_deliveries before a push could complete")
+		const why = "delivery count exceeded max_deliveries before a push could complete"
+		return r.deadLetter(cfg, m, core.ReasonMaxDeliveries, 0, why, r.attempt(m, pushResult{errText: why}, core.OutcomeDeadLetter))
 	}
 	if r.limiter != nil && r.cfg.Transport == core.TransportPubSub {
 		// Pub/Sub messages arrive unasked; read paths take their tokens before reading
@@ -50,6 +51,9 @@ func (r *sub) handle(m *core.Message) result {
 		return unsettled
 	}
 	outcome := Verdict(res.status)
+	if outcome == Requeue && res.noRetry && res.status >= 200 {
+		outcome = Drop // the webhook says retrying cannot help
+	}
 	r.live.stats.record(res.status, res.errText)
 	pubsub := r.cfg.Transport == core.TransportPubSub
 	r.e.metrics.Pushed(cfg.Name, res.status, outcomeLabel(outcome, m.Deliveries >= cfg.MaxDeliveries || m.Origin == core.Unsettled, pubsub), res.latency)
@@ -64,9 +68,13 @@ func (r *sub) handle(m *core.Message) result {
 	switch outcome {
 	case Ack:
 		r.live.stats.Delivered.Add(1)
-		st := core.Settlement{Sub: r.cfg, Origin: m.Origin, Handle: settleHandle(m), ID: m.ID, Queue: m.Queue}
+		st := core.Settlement{Sub: r.cfg, Origin: m.Origin, Handle: settleHandle(m), ID: m.ID, Queue: m.Queue,
+			Attempt: r.attempt(m, res, core.OutcomeAck)}
 		switch {
 		case m.Origin == core.Unsettled:
+			if st.Attempt != nil {
+				r.e.settler.add(st, r.live) // nothing to settle; the attempt is still logged
+			}
 		case r.gate != nil && m.Origin == core.FromRetry:
 			// The head of an ordered key: its key may only move on once it is settled.
 			ctx, cancel := r.ctx()
@@ -84,10 +92,11 @@ func (r *sub) handle(m *core.Message) result {
 		return settled
 	case Requeue:
 		if m.Deliveries >= cfg.MaxDeliveries {
-			return r.deadLetter(cfg, m, core.ReasonMaxDeliveries, res.status, res.errText)
+			return r.deadLetter(cfg, m, core.ReasonMaxDeliveries, res.status, res.errText, r.attempt(m, res, core.OutcomeDeadLetter))
 		}
 		due := time.Now().Add(retryDelay(cfg, m.Deliveries, res.retryAfter, time.Now()))
-		err := r.write(func(ctx context.Context) error { return r.e.b.Retry(ctx, cfg, m, due) })
+		at := r.attempt(m, res, core.OutcomeRetry)
+		err := r.write(func(ctx context.Context) error { return r.e.b.Retry(ctx, cfg, m, due, at) })
 		if errors.Is(err, core.ErrGone) {
 			return settled // its subscription was deleted: nothing of it may be written
 		}
@@ -104,7 +113,16 @@ func (r *sub) handle(m *core.Message) result {
 	if outcome == Gone {
 		defer r.pauseGone()
 	}
-	return r.deadLetter(cfg, m, core.ReasonDropped, res.status, res.errText)
+	return r.deadLetter(cfg, m, core.ReasonDropped, res.status, res.errText, r.attempt(m, res, core.OutcomeDeadLetter))
+}
+
+// attempt is what the attempt log keeps of this push; nil when the log is off.
+func (r *sub) attempt(m *core.Message, res pushResult, outcome string) *core.Attempt {
+	if !r.e.opts.AttemptLog {
+		return nil
+	}
+	return &core.Attempt{MessageID: m.ID, Delivery: m.Deliveries, Status: res.status, Error: res.errText,
+		Latency: res.latency, Outcome: outcome, Process: r.e.consumer}
 }
 
 // settleHandle is what acknowledges m where it lives.
@@ -150,17 +168,20 @@ func (r *sub) settleAtMostOnce(cfg *core.Subscription, m *core.Message, outcome 
 	if r.cfg.Transport == core.TransportPubSub {
 		r.log.Info("Pub/Sub push failed; at-most-once, not retried", zap.String("message_id", m.ID),
 			zap.Int("status", res.status), zap.String("error", res.errText))
+		if at := r.attempt(m, res, core.OutcomeFailed); at != nil {
+			r.e.settler.add(core.Settlement{Sub: r.cfg, Origin: core.Unsettled, Attempt: at}, r.live)
+		}
 		return
 	}
 	reason := core.ReasonDropped
 	if outcome == Requeue {
 		reason = core.ReasonMaxDeliveries
 	}
-	_ = r.deadLetter(cfg, m, reason, res.status, res.errText)
+	_ = r.deadLetter(cfg, m, reason, res.status, res.errText, r.attempt(m, res, core.OutcomeDeadLetter))
 }
 
-func (r *sub) deadLetter(cfg *core.Subscription, m *core.Message, reason string, status int, errText string) result {
-	info := core.DeadLetterInfo{Reason: reason, LastStatus: status, LastError: errText, At: time.Now()}
+func (r *sub) deadLetter(cfg *core.Subscription, m *core.Message, reason string, status int, errText string, at *core.Attempt) result {
+	info := core.DeadLetterInfo{Reason: reason, LastStatus: status, LastError: errText, At: time.Now(), Attempt: at}
 	err := r.write(func(ctx context.Context) error { return r.e.b.DeadLetter(ctx, cfg, m, info) })
 	if errors.Is(err, core.ErrGone) {
 		return settled // its subscription was deleted: nothing of it may be written

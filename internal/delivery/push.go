@@ -61,7 +61,12 @@ type pushResult struct {
 	errText    string // why it failed, for the last-error field
 	retryAfter string
 	latency    time.Duration
+	// noRetry: the webhook answered a failure with Bridge-Retry: false (SPEC §10).
+	noRetry bool
 }
+
+// maxContextError bounds the bridge-last-error header of a retry (SPEC §10).
+const maxContextError = 256
 
 // push sends m to the subscription's webhook once. It returns aborted=true when the push
 // was cut by a shutdown past its grace: the message is then left unsettled for reclaim.
@@ -98,6 +103,14 @@ func (r *sub) push(abortCtx context.Context, s *core.Subscription, m *core.Messa
 	}
 	h["Bridge-Subject"] = []string{m.Subject}
 	h["Bridge-Subscription"] = []string{s.Name}
+	if !m.FirstAttempt.IsZero() {
+		h["Bridge-First-Attempt"] = []string{m.FirstAttempt.UTC().Format(time.RFC3339)}
+		if m.LastStatus > 0 {
+			h["Bridge-Last-Status"] = []string{strconv.Itoa(m.LastStatus)}
+		} else if m.LastError != "" {
+			h["Bridge-Last-Error"] = []string{clip(m.LastError, maxContextError)}
+		}
+	}
 
 	resp, err := r.e.client.Do(req)
 	res.latency = time.Since(now)
@@ -118,6 +131,7 @@ func (r *sub) push(abortCtx context.Context, s *core.Subscription, m *core.Messa
 		return res, false
 	}
 	res.retryAfter = resp.Header.Get("Retry-After")
+	res.noRetry = strings.EqualFold(strings.TrimSpace(resp.Header.Get("Bridge-Retry")), "false")
 	var excerpt []byte
 	if res.status < 200 || res.status >= 300 {
 		excerpt, _ = io.ReadAll(io.LimitReader(resp.Body, maxErrorText))
@@ -164,6 +178,17 @@ func printable(b []byte) string {
 		s = s[:maxErrorText]
 	}
 	return s
+}
+
+// clip cuts s to at most n bytes without splitting a character.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 func canonical(lower string) string { return http.CanonicalHeaderKey(lower) }

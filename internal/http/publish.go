@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/bridge-dev/bridge/internal/core"
-	"github.com/go-chi/chi/v5"
 	"golang.org/x/net/http/httpguts"
 )
 
@@ -45,7 +44,7 @@ type target struct {
 
 // checkPublishTarget validates the subject and the transport and mode queries of a publish route.
 func checkPublishTarget(w http.ResponseWriter, r *http.Request) (target, bool) {
-	t := target{subject: chi.URLParam(r, "subject"), transport: core.Transport(r.URL.Query().Get("transport"))}
+	t := target{subject: param(r, "subject"), transport: core.Transport(r.URL.Query().Get("transport"))}
 	if !core.ValidSubject(t.subject) {
 		writeProblem(w, "invalid_subject", core.SubjectRule)
 		return t, false

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/bridge-dev/bridge/internal/auth"
+	"github.com/bridge-dev/bridge/internal/console"
 	"github.com/bridge-dev/bridge/internal/core"
 	"github.com/bridge-dev/bridge/internal/registry"
 	"github.com/go-chi/chi/v5"
@@ -34,6 +35,8 @@ type Broker interface {
 	DeleteSubscription(ctx context.Context, name string) (int64, error)
 	DeadLetters(ctx context.Context, s *core.Subscription, after string, limit, cut int) (core.DeadLetterPage, error)
 	GetDeadLetter(ctx context.Context, s *core.Subscription, id string) (core.DeadLetter, error)
+	Attempts(ctx context.Context, s *core.Subscription, q core.AttemptQuery) (core.AttemptPage, error)
+	LookupMessage(ctx context.Context, id string, subs []*core.Subscription) (core.MessageView, bool, error)
 	ReplayDeadLetters(ctx context.Context, s *core.Subscription, ids []string) (int, error)
 	SubscriptionStats(ctx context.Context, s *core.Subscription) (core.GroupStats, error)
 	Seek(ctx context.Context, s *core.Subscription, to string, at time.Time) error
@@ -155,6 +158,12 @@ func NewHandler(b Broker, reg Registry, e Engine, opts Options) http.Handler {
 		w.Header().Set("Content-Type", "application/yaml")
 		_, _ = w.Write(opts.OpenAPI)
 	})
+	// The console is a static page: it needs no token to load, and signs its API calls
+	// with the one the user gives it.
+	r.Get("/console", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/console/", http.StatusMovedPermanently)
+	})
+	r.Mount("/console/", console.Handler())
 	r.Route("/v1", func(r chi.Router) {
 		r.Use(a.authenticate)
 		publish := r.With(a.countPublishErrors, a.require(auth.ActionPublish))
@@ -163,6 +172,8 @@ func NewHandler(b Broker, reg Registry, e Engine, opts Options) http.Handler {
 		read := a.require(auth.ActionSubscriptionsRead)
 		write := a.require(auth.ActionSubscriptionsWrite)
 		dlq := a.require(auth.ActionDeadLettersWrite)
+		r.Get("/whoami", a.whoami)
+		r.With(read).Get("/messages/{id}", a.message)
 		r.With(read).Get("/subscriptions", a.listSubscriptions)
 		r.Route("/subscriptions/{name}", func(r chi.Router) {
 			r.With(write).Put("/", a.putSubscription)
@@ -174,6 +185,7 @@ func NewHandler(b Broker, reg Registry, e Engine, opts Options) http.Handler {
 			r.With(write).Get("/secret", a.secret)
 			r.With(write).Post("/secret/rotate", a.rotateSecret)
 			r.With(write).Post("/seek", a.seek)
+			r.With(read).Get("/attempts", a.attempts)
 			r.With(read).Get("/dead-letters", a.deadLetters)
 			r.With(read).Get("/dead-letters/{id}", a.deadLetter)
 			r.With(dlq).Delete("/dead-letters", a.purgeDeadLetters)
@@ -252,7 +264,7 @@ func (a *api) require(action auth.Action) func(http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			resource := ""
 			if action == auth.ActionPublish {
-				resource = chi.URLParam(r, "subject")
+				resource = param(r, "subject")
 			}
 			p, _ := r.Context().Value(principalKey{}).(*auth.Principal)
 			if p == nil || !p.Allows(action, resource) {

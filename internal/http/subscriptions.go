@@ -11,11 +11,11 @@ import (
 	"net/http"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 	"unicode/utf8"
 
 	"github.com/bridge-dev/bridge/internal/core"
-	"github.com/go-chi/chi/v5"
 )
 
 // subscriptionView is a subscription as reads show it: never the secret.
@@ -36,6 +36,7 @@ type statsView struct {
 	Pending      int64      `json:"pending"`
 	Retrying     int64      `json:"retrying"`
 	DLQSize      int64      `json:"dlq_size"`
+	AttemptLog   int64      `json:"attempt_log"`
 	InFlight     int64      `json:"in_flight"`
 	Delivered    int64      `json:"delivered"`
 	Retried      int64      `json:"retried"`
@@ -82,7 +83,7 @@ func decodeJSONLimit(w http.ResponseWriter, r *http.Request, v any, allowEmpty b
 }
 
 func (a *api) name(w http.ResponseWriter, r *http.Request) (string, bool) {
-	name := chi.URLParam(r, "name")
+	name := param(r, "name")
 	if !core.ValidName(name) {
 		writeProblem(w, "invalid_name", core.SubjectRule)
 		return "", false
@@ -139,14 +140,28 @@ func (a *api) getSubscription(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
-	gs, err := a.b.SubscriptionStats(ctx, s)
+	sv, err := a.stats(ctx, s)
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
+	writeJSON(w, http.StatusOK, withStats{view(s), sv})
+}
+
+type withStats struct {
+	subscriptionView
+	Stats *statsView `json:"stats,omitempty"`
+}
+
+// stats reads one subscription's figures.
+func (a *api) stats(ctx context.Context, s *core.Subscription) (*statsView, error) {
+	gs, err := a.b.SubscriptionStats(ctx, s)
+	if err != nil {
+		return nil, err
+	}
 	sh := gs.Shared
-	sv := statsView{
-		Lag: gs.Lag, Pending: gs.Pending, Retrying: gs.Retrying, DLQSize: gs.DLQSize,
+	sv := &statsView{
+		Lag: gs.Lag, Pending: gs.Pending, Retrying: gs.Retrying, DLQSize: gs.DLQSize, AttemptLog: gs.AttemptLog,
 		InFlight: sh.InFlight, Delivered: sh.Delivered, Retried: sh.Retried, DeadLettered: sh.DeadLettered,
 		Lost: sh.Lost, Expired: sh.Expired, LastStatus: int64(sh.LastStatus), LastError: sh.LastError,
 	}
@@ -156,13 +171,23 @@ func (a *api) getSubscription(w http.ResponseWriter, r *http.Request) {
 	if !sh.LastAt.IsZero() {
 		sv.LastPushAt = &sh.LastAt
 	}
-	writeJSON(w, http.StatusOK, struct {
-		subscriptionView
-		Stats statsView `json:"stats"`
-	}{view(s), sv})
+	return sv, nil
 }
 
+// maxListedStats bounds the subscriptions whose figures one listing reads: beyond it,
+// ?stats=true is refused rather than holding Redis busy for one page.
+const maxListedStats = 2000
+
 func (a *api) listSubscriptions(w http.ResponseWriter, r *http.Request) {
+	withFigures := false
+	switch r.URL.Query().Get("stats") {
+	case "", "false":
+	case "true":
+		withFigures = true
+	default:
+		writeProblem(w, "invalid_query", "stats must be true or false")
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
 	subs, _, err := a.b.ListSubscriptions(ctx)
@@ -170,10 +195,32 @@ func (a *api) listSubscriptions(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	if withFigures && len(subs) > maxListedStats {
+		writeProblem(w, "invalid_query", fmt.Sprintf("stats=true lists at most %d subscriptions; read each one's figures instead", maxListedStats))
+		return
+	}
 	sort.Slice(subs, func(i, j int) bool { return subs[i].Name < subs[j].Name })
-	views := make([]subscriptionView, 0, len(subs))
-	for _, s := range subs {
-		views = append(views, view(s))
+	views := make([]withStats, len(subs))
+	for i, s := range subs {
+		views[i].subscriptionView = view(s)
+	}
+	if withFigures {
+		// Concurrent calls share the client's pipeline: a few round trips for the page.
+		errs := make([]error, len(subs))
+		sem := make(chan struct{}, 32)
+		var wg sync.WaitGroup
+		for i, s := range subs {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				views[i].Stats, errs[i] = a.stats(ctx, s)
+			})
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			a.fail(w, r, err)
+			return
+		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"subscriptions": views})
 }
@@ -335,24 +382,28 @@ func deadLetterOf(d core.DeadLetter) deadLetterView {
 		ID: d.ID, DeadLetterID: d.EntryID, Reason: d.Reason, LastStatus: d.LastStatus, LastError: d.LastError,
 		DeliveryCount: d.Deliveries, At: d.At, Headers: d.Headers, BodySize: d.Size, BodyTruncated: d.Truncated,
 	}
-	body := d.Body
-	if d.Truncated {
-		// A cut may split the last character of a text body: drop the partial rune.
+	v.Body, v.BodyBase64 = showBody(d.Body, d.Truncated)
+	return v
+}
+
+// showBody shows a body as text when it is valid UTF-8, else as base64. A cut body may end
+// in part of a character: that part is dropped from the text.
+func showBody(body []byte, truncated bool) (text, b64 *string) {
+	whole := body
+	if truncated {
 		for i := 0; i < utf8.UTFMax-1 && len(body) > 0 && !utf8.Valid(body); i++ {
 			body = body[:len(body)-1]
 		}
 		if !utf8.Valid(body) {
-			body = d.Body
+			body = whole
 		}
 	}
 	if utf8.Valid(body) {
 		t := string(body)
-		v.Body = &t
-	} else {
-		b64 := base64.StdEncoding.EncodeToString(d.Body)
-		v.BodyBase64 = &b64
+		return &t, nil
 	}
-	return v
+	e := base64.StdEncoding.EncodeToString(whole)
+	return nil, &e
 }
 
 func (a *api) deadLetters(w http.ResponseWriter, r *http.Request) {
@@ -401,7 +452,7 @@ func (a *api) deadLetter(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	id := chi.URLParam(r, "id")
+	id := param(r, "id")
 	if len(id) > 512 {
 		writeProblem(w, "not_found", "no such dead letter")
 		return

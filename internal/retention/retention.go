@@ -55,8 +55,10 @@ type Options struct {
 	MaxRetention time.Duration
 	// Interval is how often a subject with traffic is looked at.
 	Interval time.Duration
-	Logger   *zap.Logger
-	Metrics  Metrics
+	// AttemptRetention is how long attempts stay in the attempt logs.
+	AttemptRetention time.Duration
+	Logger           *zap.Logger
+	Metrics          Metrics
 }
 
 // How often a subject is looked at once its traffic stopped: often enough to trim what
@@ -241,6 +243,7 @@ func (t *Trimmer) pass(ctx context.Context, subject string, st *subjectState, su
 	}
 	res, err := t.b.Trim(pctx, subject, core.TrimParams{
 		Now: now, Retention: t.opts.Retention, MaxRetention: t.opts.MaxRetention, Subscriptions: subs,
+		AttemptRetention: t.opts.AttemptRetention,
 	})
 	if err != nil {
 		t.logErr("retention pass failed; trying again", err)
