@@ -256,11 +256,18 @@ func subscriptionGauges(b *broker.Broker, e *delivery.Engine) metrics.GaugeSourc
 			}
 			out = append(out, metrics.SubscriptionGauges{
 				Name: s.Name, Lag: st.Lag, Pending: st.Pending, Retrying: st.Retrying, DLQSize: st.DLQSize,
-				AttemptLog: st.AttemptLog, InFlight: e.LocalStats(s.Name).InFlight,
+				AttemptLog: st.AttemptLog, CircuitOpen: circuitOpen(st.Circuit), InFlight: e.LocalStats(s.Name).InFlight,
 			})
 		}
 		return out, nil
 	}
+}
+
+func circuitOpen(c core.Circuit) int {
+	if c.State == core.CircuitOpen || c.State == core.CircuitHalfOpen {
+		return 1
+	}
+	return 0
 }
 
 func newLogger(cfg *config.Config) (*zap.Logger, error) {

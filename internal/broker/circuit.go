@@ -148,6 +148,11 @@ func (b *Broker) CloseCircuit(ctx context.Context, s *core.Subscription, consume
 	return n == 1, nil
 }
 
+// AnnounceCircuit tells every bridge process to read the circuit of subscription name again.
+func (b *Broker) AnnounceCircuit(ctx context.Context, name string) error {
+	return classify(b.c.Do(ctx, b.c.B().Publish().Channel(ChangesChannel).Message("circuit:"+name).Build()).Error())
+}
+
 // Circuit reads s's circuit as the stats show it.
 func (b *Broker) Circuit(ctx context.Context, s *core.Subscription) (core.Circuit, error) {
 	f, err := b.c.Do(ctx, b.c.B().Hgetall().Key(circuitKey(s.Subject, s.Name)).Build()).AsStrMap()

@@ -98,8 +98,20 @@ type Scheduler interface {
 	MoveDueScheduled(ctx context.Context, now time.Time, limit int) (core.ScheduledMove, error)
 }
 
+// Circuits keeps the circuit breakers and publishes the bridge's events.
+type Circuits interface {
+	CircuitFailure(ctx context.Context, s *core.Subscription, consumer string, okAt time.Time, probe bool, now time.Time) (core.CircuitVerdict, time.Time, error)
+	ClaimProbe(ctx context.Context, s *core.Subscription, consumer string, lease time.Duration, now time.Time) (bool, core.CircuitState, time.Time, error)
+	CloseCircuit(ctx context.Context, s *core.Subscription, consumer string) (bool, error)
+	Circuit(ctx context.Context, s *core.Subscription) (core.Circuit, error)
+	// AnnounceCircuit tells the other processes that a circuit changed.
+	AnnounceCircuit(ctx context.Context, name string) error
+	Publish(ctx context.Context, subject string, body []byte, headers map[string]string) (string, error)
+}
+
 // Broker is every role at once, what New takes.
 type Broker interface {
+	Circuits
 	Registry
 	Fleet
 	Streams

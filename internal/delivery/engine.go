@@ -872,6 +872,10 @@ func (e *Engine) applyChanges(version *int64) (full bool, err error) {
 // announced queues a change read off the registry's channel ("<version>:<name>"); an
 // announcement that cannot be read, or one too many, asks for a whole reload.
 func (e *Engine) announced(payload string) {
+	if name, ok := circuitAnnouncement(payload); ok {
+		go e.circuitAnnounced(name)
+		return
+	}
 	v, name, ok := strings.Cut(payload, ":")
 	n, err := strconv.ParseInt(v, 10, 64)
 	if ok && err == nil && name != "" {

@@ -46,6 +46,10 @@ func (r *sub) handle(m *core.Message) result {
 			return unsettled // shutdown past grace
 		}
 	}
+	if until, hold := r.circuitHold(cfg, m); hold {
+		// The circuit opened after this message was read: it waits, no attempt used.
+		return r.holdForCircuit(cfg, m, until, nil)
+	}
 	res, aborted := r.push(r.e.abortCtx, cfg, m)
 	if aborted {
 		return unsettled
@@ -68,6 +72,7 @@ func (r *sub) handle(m *core.Message) result {
 	switch outcome {
 	case Ack:
 		r.live.stats.Delivered.Add(1)
+		r.circuitSuccess(cfg, m)
 		st := core.Settlement{Sub: r.cfg, Origin: m.Origin, Handle: settleHandle(m), ID: m.ID, Queue: m.Queue,
 			Attempt: r.attempt(m, res, core.OutcomeAck)}
 		switch {
@@ -91,6 +96,10 @@ func (r *sub) handle(m *core.Message) result {
 		}
 		return settled
 	case Requeue:
+		if until, hold := r.circuitFailure(cfg, m); hold {
+			// Pushed while the circuit was open (or as its probe): no attempt is used.
+			return r.holdForCircuit(cfg, m, until, r.attempt(m, res, core.OutcomeRetry))
+		}
 		if m.Deliveries >= cfg.MaxDeliveries {
 			return r.deadLetter(cfg, m, core.ReasonMaxDeliveries, res.status, res.errText, r.attempt(m, res, core.OutcomeDeadLetter))
 		}
@@ -155,6 +164,7 @@ func (r *sub) pauseGone() {
 		r.log.Error("could not pause subscription after 410", zap.Error(err))
 	} else {
 		r.log.Warn("subscription paused: " + reason)
+		r.e.event("subscription.paused", r.cfg, map[string]any{"reason": reason})
 	}
 }
 

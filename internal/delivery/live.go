@@ -21,6 +21,8 @@ type liveSub struct {
 	gone atomic.Bool
 	// stats are this process's counters, kept across runner replacements.
 	stats *Stats
+	// circuit is the circuit breaker as this process knows it.
+	circuit circuitLocal
 }
 
 // signerState is a signer and when its set of secrets stops being valid (a rotation's end).

@@ -18,6 +18,8 @@ type Stats struct {
 	lastError    atomic.Pointer[string]
 	// lastAt (unix ms) is when LastStatus and the last error were set.
 	lastAt atomic.Int64
+	// okAt (unix ms) is this process's latest acknowledged push (circuit breaker).
+	okAt atomic.Int64
 
 	// Owned by the engine's stats flusher: what it already added to the shared counters.
 	sub     atomic.Pointer[core.Subscription]
@@ -47,6 +49,9 @@ func (s *Stats) delta() core.StatsDelta {
 		Lost:         s.Lost.Load() - s.flushed.Lost,
 		InFlight:     s.InFlight.Load(),
 	}
+	if ok := s.okAt.Load(); ok > s.flushed.OkAt.UnixMilli() {
+		d.OkAt = time.UnixMilli(ok)
+	}
 	if at := s.lastAt.Load(); at > s.flushed.LastAt.UnixMilli() {
 		d.LastAt = time.UnixMilli(at)
 		d.LastStatus = int(s.LastStatus.Load())
@@ -63,6 +68,9 @@ func (s *Stats) flushedDelta(d core.StatsDelta) {
 	s.flushed.Lost += d.Lost
 	if !d.LastAt.IsZero() {
 		s.flushed.LastAt = d.LastAt
+	}
+	if !d.OkAt.IsZero() {
+		s.flushed.OkAt = d.OkAt
 	}
 	s.flushed.InFlight = d.InFlight
 }

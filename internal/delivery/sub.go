@@ -64,6 +64,9 @@ type sub struct {
 	pubsubDrop atomic.Int64
 
 	errs errThrottle // reader only
+	// probing: this round won the circuit's probe; the next message dispatched is it
+	// (reader only).
+	probing bool
 
 	mu        sync.Mutex // guards stopped, the timers and bg's Add
 	stopped   bool
@@ -73,6 +76,7 @@ type sub struct {
 	tokenT    *time.Timer
 	keepT     *time.Timer
 	staleT    *time.Timer
+	circuitT  *time.Timer
 	readWG    sync.WaitGroup // the reader
 	workWG    sync.WaitGroup // the workers
 	bgWG      sync.WaitGroup // timer callbacks doing Redis work
@@ -174,6 +178,15 @@ func (r *sub) read() {
 
 // round reads once, by transport, and reports whether it should run again at once.
 func (r *sub) round() bool {
+	ok, probe := r.circuitGate()
+	if !ok {
+		return false
+	}
+	if probe {
+		// One message goes, the probe; its answer opens the way for the rest (or not).
+		r.probing = true
+		defer func() { r.probing = false }()
+	}
 	switch r.cfg.Transport {
 	case core.TransportList:
 		return r.listRound()
@@ -187,6 +200,12 @@ func (r *sub) round() bool {
 // read filled every free slot), it waits for a batch worth of free slots, so a busy
 // subscription reads in batches; otherwise any free slot takes a new message at once.
 func (r *sub) slots() int {
+	if r.probing {
+		if r.inFlight.Load() >= int32(r.cfg.MaxInFlight) {
+			return 0
+		}
+		return 1
+	}
 	free := int32(r.cfg.MaxInFlight) - r.inFlight.Load()
 	if free <= 0 || (r.saturated.Load() && free < r.threshold && r.inFlight.Load() > 0) {
 		return 0
@@ -225,6 +244,11 @@ func (r *sub) used(n int) {
 
 // dispatch hands m to a push worker: one waiting for work, or a new one.
 func (r *sub) dispatch(m core.Message) {
+	if r.probing {
+		r.probing = false
+		id := m.ID
+		r.live.circuit.probeID.Store(&id)
+	}
 	if r.inFlight.Add(1) == 1 && r.cfg.Transport == core.TransportList {
 		r.keepBeating()
 	}
@@ -365,7 +389,7 @@ func (r *sub) stop() {
 	}
 	r.stopped = true
 	close(r.stopCh)
-	for _, t := range []*time.Timer{r.retryT, r.errT, r.tokenT, r.keepT, r.staleT} {
+	for _, t := range []*time.Timer{r.retryT, r.errT, r.tokenT, r.keepT, r.staleT, r.circuitT} {
 		if t != nil {
 			t.Stop()
 		}

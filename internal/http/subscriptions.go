@@ -31,12 +31,17 @@ func view(s *core.Subscription) subscriptionView {
 }
 
 type statsView struct {
-	StreamLength *int64     `json:"stream_length,omitempty"`
-	Lag          int64      `json:"lag"`
-	Pending      int64      `json:"pending"`
-	Retrying     int64      `json:"retrying"`
-	DLQSize      int64      `json:"dlq_size"`
-	AttemptLog   int64      `json:"attempt_log"`
+	StreamLength *int64 `json:"stream_length,omitempty"`
+	Lag          int64  `json:"lag"`
+	Pending      int64  `json:"pending"`
+	Retrying     int64  `json:"retrying"`
+	DLQSize      int64  `json:"dlq_size"`
+	AttemptLog   int64  `json:"attempt_log"`
+	// The circuit breaker, when the subscription has one.
+	Circuit      string     `json:"circuit,omitempty"`
+	CircuitSince *time.Time `json:"circuit_since,omitempty"`
+	CircuitUntil *time.Time `json:"circuit_until,omitempty"`
+	CircuitFails *int       `json:"circuit_failures,omitempty"`
 	InFlight     int64      `json:"in_flight"`
 	Delivered    int64      `json:"delivered"`
 	Retried      int64      `json:"retried"`
@@ -170,6 +175,16 @@ func (a *api) stats(ctx context.Context, s *core.Subscription) (*statsView, erro
 	}
 	if !sh.LastAt.IsZero() {
 		sv.LastPushAt = &sh.LastAt
+	}
+	if s.CircuitBreaker.Failures > 0 {
+		c := gs.Circuit
+		sv.Circuit, sv.CircuitFails = string(c.State), &c.Failures
+		if !c.Since.IsZero() {
+			sv.CircuitSince = &c.Since
+		}
+		if !c.Until.IsZero() {
+			sv.CircuitUntil = &c.Until
+		}
 	}
 	return sv, nil
 }

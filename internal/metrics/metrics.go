@@ -22,7 +22,9 @@ type SubscriptionGauges struct {
 	DLQSize  int64
 	// AttemptLog is the length of the subscription's attempt log.
 	AttemptLog int64
-	InFlight   int64
+	// CircuitOpen is 1 while the circuit breaker is open or half-open.
+	CircuitOpen int
+	InFlight    int64
 }
 
 // GaugeSource lists the current gauges of every subscription (Redis reads, at scrape time).
@@ -175,6 +177,7 @@ var (
 	pendingDesc  = prometheus.NewDesc("bridge_subscription_pending", "Entries read but not yet settled.", []string{"subscription"}, nil)
 	retryingDesc = prometheus.NewDesc("bridge_subscription_retrying", "Messages waiting in the subscription's retry set.", []string{"subscription"}, nil)
 	dlqDesc      = prometheus.NewDesc("bridge_subscription_dead_letters", "Messages in the subscription's dead-letter queue.", []string{"subscription"}, nil)
+	circuitDesc  = prometheus.NewDesc("bridge_circuit_open", "1 while the subscription's circuit breaker is open or half-open (no pushes but one probe per cooldown).", []string{"subscription"}, nil)
 	attemptsDesc = prometheus.NewDesc("bridge_subscription_attempt_log", "Attempts kept in the subscription's attempt log (bounded by BRIDGE_ATTEMPT_LOG_MAX and BRIDGE_ATTEMPT_RETENTION).", []string{"subscription"}, nil)
 	inFlightDesc = prometheus.NewDesc("bridge_in_flight", "Pushes in flight from this process.", []string{"subscription"}, nil)
 	scrapeDesc   = prometheus.NewDesc("bridge_subscription_scrape_errors", "1 when the subscription gauges could not be read from Redis.", nil, nil)
@@ -183,7 +186,7 @@ var (
 type gaugeCollector struct{ src GaugeSource }
 
 func (c *gaugeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{lagDesc, pendingDesc, retryingDesc, dlqDesc, attemptsDesc, inFlightDesc, scrapeDesc} {
+	for _, d := range []*prometheus.Desc{lagDesc, pendingDesc, retryingDesc, dlqDesc, attemptsDesc, circuitDesc, inFlightDesc, scrapeDesc} {
 		ch <- d
 	}
 }
@@ -203,6 +206,7 @@ func (c *gaugeCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(retryingDesc, prometheus.GaugeValue, float64(g.Retrying), g.Name)
 		ch <- prometheus.MustNewConstMetric(dlqDesc, prometheus.GaugeValue, float64(g.DLQSize), g.Name)
 		ch <- prometheus.MustNewConstMetric(attemptsDesc, prometheus.GaugeValue, float64(g.AttemptLog), g.Name)
+		ch <- prometheus.MustNewConstMetric(circuitDesc, prometheus.GaugeValue, float64(g.CircuitOpen), g.Name)
 		ch <- prometheus.MustNewConstMetric(inFlightDesc, prometheus.GaugeValue, float64(g.InFlight), g.Name)
 	}
 }

@@ -86,10 +86,14 @@
   };
   const CIRCUIT_TONE = { closed: 'ok', half_open: 'warn', open: 'bad' };
 
-  function circuitBadge(c) {
-    if (!c || !c.state) return el('span', { class: 'muted' }, '—');
-    const b = badge(c.state.replace('_', '-'), CIRCUIT_TONE[c.state] || 'muted');
-    if (c.until) b.title = 'until ' + c.until;
+  // The stats give the circuit as a state string with circuit_since / circuit_until
+  // beside it; an object {state, until} is accepted too.
+  function circuitBadge(c, st) {
+    const state = typeof c === 'string' ? c : (c && c.state);
+    if (!state) return el('span', { class: 'muted' }, '—');
+    const b = badge(state.replace('_', '-'), CIRCUIT_TONE[state] || 'muted');
+    const until = (c && c.until) || (st && st.circuit_until);
+    if (until) b.title = 'until ' + until;
     return b;
   }
 
@@ -385,7 +389,7 @@
         el('td', { 'data-col': 'dlq', class: 'num' + (st.dlq_size ? ' bad-text' : '') }, fmtNum(st.dlq_size)),
         el('td', { 'data-col': 'rate', class: 'num' }, fmtRate(rate)),
       ];
-      if (withCircuit) cells.push(el('td', { 'data-col': 'circuit' }, circuitBadge(st.circuit)));
+      if (withCircuit) cells.push(el('td', { 'data-col': 'circuit' }, circuitBadge(st.circuit, st)));
       cells.push(
         el('td', { 'data-col': 'last-status' }, statusBadge(st.last_status)),
         el('td', { 'data-col': 'last-error', class: 'error-cell', title: st.last_error || '' }, st.last_error || ''));
@@ -431,7 +435,7 @@
     if (typeof st.stream_length === 'number') tiles.push(tile('stream_length', 'Stream length', fmtNum(st.stream_length)));
     tiles.push(tile('last_status', 'Last status', statusBadge(st.last_status)));
     tiles.push(tile('last_push_at', 'Last push', fmtTime(st.last_push_at)));
-    if (st.circuit) tiles.push(tile('circuit', 'Circuit', circuitBadge(st.circuit)));
+    if (st.circuit) tiles.push(tile('circuit', 'Circuit', circuitBadge(st.circuit, st)));
     const out = [el('div', { class: 'tiles' }, tiles)];
     if (st.last_error) out.push(el('p', { class: 'last-error', testid: 'stat-last_error' }, el('strong', {}, 'Last error: '), st.last_error));
     return out;
