@@ -380,3 +380,57 @@ func TestPythonReceiverExample(t *testing.T) {
 	// -u: unbuffered, so the test reads what it printed at once (the receiver flushes too).
 	testReceiverExample(t, "python-receiver", python, "-u", filepath.Join("examples", "python-receiver", "receiver.py"))
 }
+
+// The deferring Node.js function: it answers 202 with Bridge-Ack-Deadline at once, works
+// longer than the subscription's timeout, then acks with its lease token. Every message
+// is delivered once and counted delivered; none is pushed again.
+func TestNodeDeferredExample(t *testing.T) {
+	t.Parallel()
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Skip("node not installed")
+	}
+	out, err := exec.Command(node, "-p", "process.versions.node.split('.')[0]").Output()
+	if v, _ := strconv.Atoi(strings.TrimSpace(string(out))); err != nil || v < 20 {
+		t.Skipf("node %s: the example needs Node 20 or later", strings.TrimSpace(string(out)))
+	}
+	rs := redistest.Start(t, redistest.Options{})
+	br := startBridge(t, redisURL(rs))
+	addr := freeAddr(t)
+	host, port, _ := net.SplitHostPort(addr)
+	subject := uniq("examples.deferred")
+	// The work (1.5 s) outlasts the push timeout (500 ms): only deferring gets it done.
+	secret := br.subscribe("deferred", fastSub("http://"+addr+"/", subject, map[string]any{"timeout": "500ms", "visibility_timeout": "2s"}))
+	p := startExample(t, addr, []string{"WEBHOOK_SECRET=" + secret, "BRIDGE_URL=" + br.URL, "WORK_MS=1500", "HOST=" + host, "PORT=" + port},
+		node, filepath.Join("examples", "node-deferred", "run.mjs"))
+	var ids []string
+	for i := range 3 {
+		code, id := br.publish(subject, []byte(fmt.Sprintf(`{"job":%d}`, i)), "Content-Type", "application/json")
+		if code != http.StatusAccepted {
+			t.Fatalf("publish: %d", code)
+		}
+		ids = append(ids, id)
+	}
+	var s struct {
+		Stats struct {
+			Delivered int64 `json:"delivered"`
+			Deferred  int64 `json:"deferred"`
+			Retried   int64 `json:"retried"`
+			DLQSize   int64 `json:"dlq_size"`
+		} `json:"stats"`
+	}
+	redistest.Eventually(t, 15*time.Second, func() bool {
+		br.do(http.MethodGet, "/v1/subscriptions/deferred", nil, &s)
+		return s.Stats.Delivered == 3 && s.Stats.Deferred == 0
+	}, "three acked by the function (stats %+v)", s.Stats)
+	time.Sleep(500 * time.Millisecond)
+	outText := p.out.String()
+	for _, id := range ids {
+		if strings.Count(outText, "worked 1500 ms on "+id) != 1 || !strings.Contains(outText, "ack "+id+": 200") {
+			t.Fatalf("%s: not worked on and acked exactly once:\n%s", id, outText)
+		}
+	}
+	if s.Stats.Retried != 0 || s.Stats.DLQSize != 0 {
+		t.Fatalf("stats %+v: nothing should be retried or dead-lettered", s.Stats)
+	}
+}

@@ -15,10 +15,12 @@
 //	subscriptions:read       list and read subscriptions
 //	subscriptions:write      create, replace, delete, pause, seek subscriptions
 //	dead-letters:write       replay and purge dead letters
+//	schedules:read           list and read schedules
+//	schedules:write          create, replace, delete, pause, resume schedules
 //	admin                    everything
 //
 // A scope grants exactly what it names: subscriptions:write does not imply
-// subscriptions:read.
+// subscriptions:read, and neither subscriptions scope grants anything on schedules.
 package auth
 
 import (
@@ -35,6 +37,8 @@ const (
 	ActionSubscriptionsRead  Action = "subscriptions:read"
 	ActionSubscriptionsWrite Action = "subscriptions:write"
 	ActionDeadLettersWrite   Action = "dead-letters:write"
+	ActionSchedulesRead      Action = "schedules:read"
+	ActionSchedulesWrite     Action = "schedules:write"
 )
 
 // Scope names as they appear in the tokens file.
@@ -58,6 +62,8 @@ type Principal struct {
 	subscriptionsRead  bool
 	subscriptionsWrite bool
 	deadLettersWrite   bool
+	schedulesRead      bool
+	schedulesWrite     bool
 	publish            []string // subject globs
 }
 
@@ -86,6 +92,10 @@ func (p *Principal) Allows(action Action, resource string) bool {
 		return p.admin || p.subscriptionsWrite
 	case ActionDeadLettersWrite:
 		return p.admin || p.deadLettersWrite
+	case ActionSchedulesRead:
+		return p.admin || p.schedulesRead
+	case ActionSchedulesWrite:
+		return p.admin || p.schedulesWrite
 	default:
 		return false
 	}
@@ -105,6 +115,12 @@ func (p *Principal) Scopes() []string {
 	}
 	if p.deadLettersWrite {
 		out = append(out, string(ActionDeadLettersWrite))
+	}
+	if p.schedulesRead {
+		out = append(out, string(ActionSchedulesRead))
+	}
+	if p.schedulesWrite {
+		out = append(out, string(ActionSchedulesWrite))
 	}
 	for _, g := range p.publish {
 		out = append(out, scopePublishPrefix+g)
@@ -137,6 +153,10 @@ func (p *Principal) parseScope(s string) bool {
 		p.subscriptionsWrite = true
 	case string(ActionDeadLettersWrite):
 		p.deadLettersWrite = true
+	case string(ActionSchedulesRead):
+		p.schedulesRead = true
+	case string(ActionSchedulesWrite):
+		p.schedulesWrite = true
 	default:
 		g, ok := strings.CutPrefix(s, scopePublishPrefix)
 		if !ok || !validGlob(g) {

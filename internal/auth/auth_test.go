@@ -64,6 +64,18 @@ func TestAllows(t *testing.T) {
 		{"dead letters", []string{"dead-letters:write"}, ActionDeadLettersWrite, "", true},
 		{"dead letters do not publish", []string{"dead-letters:write"}, ActionPublish, "orders", false},
 		{"resource ignored for read", []string{"subscriptions:read"}, ActionSubscriptionsRead, "whatever", true},
+		{"admin reads schedules", []string{"admin"}, ActionSchedulesRead, "", true},
+		{"admin writes schedules", []string{"admin"}, ActionSchedulesWrite, "", true},
+		{"schedules read reads", []string{"schedules:read"}, ActionSchedulesRead, "", true},
+		{"schedules read does not write", []string{"schedules:read"}, ActionSchedulesWrite, "", false},
+		{"schedules write writes", []string{"schedules:write"}, ActionSchedulesWrite, "", true},
+		{"schedules write does not read", []string{"schedules:write"}, ActionSchedulesRead, "", false},
+		{"schedules write does not publish", []string{"schedules:write"}, ActionPublish, "orders", false},
+		{"schedules write is not subscriptions", []string{"schedules:write"}, ActionSubscriptionsWrite, "", false},
+		{"schedules read is not subscriptions", []string{"schedules:read"}, ActionSubscriptionsRead, "", false},
+		{"subscriptions write is not schedules", []string{"subscriptions:write"}, ActionSchedulesWrite, "", false},
+		{"subscriptions read is not schedules", []string{"subscriptions:read"}, ActionSchedulesRead, "", false},
+		{"publish is not schedules", []string{"publish:*"}, ActionSchedulesWrite, "", false},
 		{"no scopes", nil, ActionPublish, "orders", false},
 	}
 	for _, tt := range tests {
@@ -93,6 +105,8 @@ func TestScope(t *testing.T) {
 		{ActionSubscriptionsRead, "ignored", "subscriptions:read"},
 		{ActionSubscriptionsWrite, "", "subscriptions:write"},
 		{ActionDeadLettersWrite, "", "dead-letters:write"},
+		{ActionSchedulesRead, "", "schedules:read"},
+		{ActionSchedulesWrite, "", "schedules:write"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {
@@ -176,4 +190,21 @@ func FuzzGlob(f *testing.F) {
 			t.Fatalf("matchGlob(%q, %q) = %v, regexp says %v", pattern, s, got, want)
 		}
 	})
+}
+
+// Scopes lists every scope a token was given, as the tokens file names them, so each can be
+// parsed again into the same principal.
+func TestScopesRoundTrip(t *testing.T) {
+	all := []string{"admin", "subscriptions:read", "subscriptions:write", "dead-letters:write",
+		"schedules:read", "schedules:write", "publish:orders.*"}
+	p := principal(t, all...)
+	got := p.Scopes()
+	if strings.Join(got, " ") != strings.Join(all, " ") {
+		t.Fatalf("Scopes() = %q, want %q", got, all)
+	}
+	for _, s := range all {
+		if got := principal(t, s).Scopes(); len(got) != 1 || got[0] != s {
+			t.Errorf("Scopes() of a token with only %q = %q", s, got)
+		}
+	}
 }

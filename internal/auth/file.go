@@ -214,7 +214,7 @@ func parseToken(i int, n *yaml.Node) ([sha256.Size]byte, *Principal, error) {
 			return fail("scopes", fmt.Errorf("line %d: each scope must be a string", sc.Line))
 		}
 		if !p.parseScope(sc.Value) {
-			return fail("scopes", fmt.Errorf("line %d: unknown scope %q (want publish:<subject glob>, subscriptions:read, subscriptions:write, dead-letters:write or admin)", sc.Line, sc.Value))
+			return fail("scopes", fmt.Errorf("line %d: unknown scope %q (want publish:<subject glob>, subscriptions:read, subscriptions:write, dead-letters:write, schedules:read, schedules:write or admin)", sc.Line, sc.Value))
 		}
 	}
 	return d, p, nil

@@ -46,10 +46,24 @@ func (b *Broker) Ping(ctx context.Context) error {
 // gone is what a marker-checking script answers when the subscription is not the live one.
 const gone = -1
 
-// checkGone turns a script's gone answer into core.ErrGone.
+// Answers of the lease operation (see leaseLua) besides gone.
+const (
+	deferFull    = -2
+	leaseSettled = -3
+)
+
+// checkGone turns a script's gone answer into core.ErrGone, and the lease operation's
+// answers into core.ErrDeferFull and core.ErrSettled.
 func checkGone(res rueidis.RedisResult) error {
-	if n, err := res.AsInt64(); err == nil && n == gone {
-		return core.ErrGone
+	if n, err := res.AsInt64(); err == nil {
+		switch n {
+		case gone:
+			return core.ErrGone
+		case deferFull:
+			return core.ErrDeferFull
+		case leaseSettled:
+			return core.ErrSettled
+		}
 	}
 	return res.Error()
 }

@@ -12,11 +12,13 @@ import (
 )
 
 var (
-	// KEYS: marker, dlq, source, zset, data, counts, list counts, attempt log. ARGV:
-	// incarnation, mode, group, handle, id, the attempt (see logAttemptLua), then the DLQ
-	// entry's field/value pairs.
-	deadLetterScript = rueidis.NewLuaScript(settleLua + logAttemptLua + markerLua + `
-local rest = logAttempt(KEYS[8], 6)
+	// KEYS: marker, dlq, source, zset, data, counts, list counts, attempt log, leases.
+	// ARGV: incarnation, mode, group, handle, id, the lease operation (see leaseLua), the
+	// attempt (see logAttemptLua), then the DLQ entry's field/value pairs.
+	deadLetterScript = rueidis.NewLuaScript(settleLua + logAttemptLua + markerLua + leaseLua + `
+local lease = leaseOp(KEYS[9], ARGV[5], 6)
+if lease ~= 0 then return lease end
+local rest = logAttempt(KEYS[8], 9)
 redis.call('XADD', KEYS[2], '*', unpack(ARGV, rest))
 settle(ARGV[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[3], ARGV[4], ARGV[5])
 return 1`)
@@ -287,6 +289,7 @@ func (b *Broker) DeadLetter(ctx context.Context, s *core.Subscription, m *core.M
 	mode, src := settleMode(s, m)
 	args := make([]string, 0, 19+2*len(m.Headers))
 	args = append(args, s.Incarnation(), mode, groupName(s.Name), m.EntryID, m.ID)
+	args = append(args, leaseArgs(m, "", 0)...)
 	args = append(args, b.attemptArgs(info.Attempt)...)
 	args = append(args, payloadField, rueidis.BinaryString(m.Body))
 	for k, v := range m.Headers {
@@ -304,7 +307,7 @@ func (b *Broker) DeadLetter(ctx context.Context, s *core.Subscription, m *core.M
 		"_time", strconv.FormatInt(info.At.UnixMilli(), 10),
 	)
 	keys := []string{markerKey(s.Subject, s.Name), dlqKey(s.Subject, s.Name), src, retryKey(s.Subject, s.Name), retryDataKey(s.Subject, s.Name),
-		retryCountKey(s.Subject, s.Name), listCountKey(s.Subject, s.Name), attemptsKey(s.Subject, s.Name)}
+		retryCountKey(s.Subject, s.Name), listCountKey(s.Subject, s.Name), attemptsKey(s.Subject, s.Name), leasesKey(s.Subject, s.Name)}
 	if err := checkGone(deadLetterScript.Exec(ctx, b.c, keys, args)); err != nil {
 		return fmt.Errorf("dead-letter %s: %w", m.ID, classify(err))
 	}

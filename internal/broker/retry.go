@@ -34,6 +34,9 @@ type retryRecord struct {
 	ID      string            `json:"i"`
 	Body    []byte            `json:"b"`
 	Headers map[string]string `json:"h,omitempty"`
+	// Deferred marks a message a webhook took to settle later: when it comes due, its ack
+	// deadline has passed (a failed attempt), it is not pushed again at once.
+	Deferred bool `json:"d,omitempty"`
 	// The failure context the next push carries (SPEC §10).
 	LastStatus   int    `json:"ls,omitempty"`
 	LastError    string `json:"le,omitempty"`
@@ -64,9 +67,12 @@ var (
 	// Settling the original is one of: XACK (stream), ZREM+HDEL from the retry set (retry),
 	// LREM from the processing list plus its delivery count (list), or nothing (none).
 	// KEYS: marker, zset, data, counts, source (stream or processing list), list counts,
-	// attempt log. ARGV: incarnation, id, dueMs, record ("" keeps the stored one),
-	// deliveries, mode, group, handle, then the attempt (see logAttemptLua).
-	retryScript = rueidis.NewLuaScript(settleLua + logAttemptLua + markerLua + `
+	// attempt log, leases. ARGV: incarnation, id, dueMs, record ("" keeps the stored one),
+	// deliveries, mode, group, handle, then the attempt (see logAttemptLua), then the lease
+	// operation (see leaseLua).
+	retryScript = rueidis.NewLuaScript(settleLua + logAttemptLua + markerLua + leaseLua + `
+local lease = leaseOp(KEYS[8], ARGV[2], 11 + tonumber(ARGV[10]))
+if lease ~= 0 then return lease end
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], ARGV[2], ARGV[4]) end
 redis.call('HSET', KEYS[4], ARGV[2], ARGV[5])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
@@ -90,7 +96,8 @@ func (b *Broker) retryKeys(s *core.Subscription) []string {
 // Retry schedules m for another delivery to s at due. The copy is written and the original
 // acknowledged in one script, so a crash can neither lose nor duplicate it; the retry is
 // scoped to this subscription and never reaches another group on the same stream. The
-// attempt that failed (nil: none) is logged by the same script.
+// attempt that failed (nil: none) is logged by the same script; m's LastStatus and
+// LastError are the failure context the next push carries.
 func (b *Broker) Retry(ctx context.Context, s *core.Subscription, m *core.Message, due time.Time, attempt *core.Attempt) error {
 	// The record is written on every retry: it carries the failure context of the attempt
 	// that just failed.
@@ -101,9 +108,7 @@ func (b *Broker) Retry(ctx context.Context, s *core.Subscription, m *core.Messag
 			rr.FirstAttempt -= attempt.Latency.Milliseconds()
 		}
 	}
-	if attempt != nil {
-		rr.LastStatus, rr.LastError = attempt.Status, attempt.Error
-	}
+	rr.LastStatus, rr.LastError = m.LastStatus, m.LastError
 	raw, err := json.Marshal(rr)
 	if err != nil {
 		return err
@@ -114,8 +119,36 @@ func (b *Broker) Retry(ctx context.Context, s *core.Subscription, m *core.Messag
 		retryCountKey(s.Subject, s.Name), src, listCountKey(s.Subject, s.Name), attemptsKey(s.Subject, s.Name)}
 	args := []string{s.Incarnation(), m.ID, strconv.FormatInt(due.UnixMilli(), 10), rec, strconv.Itoa(m.Deliveries), mode, groupName(s.Name), m.EntryID}
 	args = append(args, b.attemptArgs(attempt)...)
+	args = append(args, leaseArgs(m, "", 0)...)
+	keys = append(keys, leasesKey(s.Subject, s.Name))
 	if err := checkGone(retryScript.Exec(ctx, b.c, keys, args)); err != nil {
 		return fmt.Errorf("schedule retry of %s: %w", m.ID, classify(err))
+	}
+	return nil
+}
+
+// Defer holds m for s until deadline, the webhook having taken it to settle later with the
+// lease token whose SHA-256 is tokenHash (SPEC §10). Like a retry, the copy is written and
+// the original settled in one script, so the message holds no push slot; at the deadline it
+// comes due as a failed attempt. core.ErrDeferFull when s already holds maxDeferred.
+func (b *Broker) Defer(ctx context.Context, s *core.Subscription, m *core.Message, deadline time.Time, tokenHash string, maxDeferred int, attempt *core.Attempt) error {
+	rr := retryRecord{ID: m.ID, Body: m.Body, Headers: m.Headers, FirstAttempt: m.FirstAttempt.UnixMilli(), Deferred: true}
+	if m.FirstAttempt.IsZero() {
+		rr.FirstAttempt = time.Now().UnixMilli()
+	}
+	rr.LastStatus, rr.LastError = m.LastStatus, m.LastError
+	raw, err := json.Marshal(rr)
+	if err != nil {
+		return err
+	}
+	mode, src := settleMode(s, m)
+	keys := []string{markerKey(s.Subject, s.Name), retryKey(s.Subject, s.Name), retryDataKey(s.Subject, s.Name),
+		retryCountKey(s.Subject, s.Name), src, listCountKey(s.Subject, s.Name), attemptsKey(s.Subject, s.Name), leasesKey(s.Subject, s.Name)}
+	args := []string{s.Incarnation(), m.ID, strconv.FormatInt(deadline.UnixMilli(), 10), string(raw), strconv.Itoa(m.Deliveries), mode, groupName(s.Name), m.EntryID}
+	args = append(args, b.attemptArgs(attempt)...)
+	args = append(args, leaseArgs(m, tokenHash, maxDeferred)...)
+	if err := checkGone(retryScript.Exec(ctx, b.c, keys, args)); err != nil {
+		return fmt.Errorf("defer %s: %w", m.ID, classify(err))
 	}
 	return nil
 }
@@ -150,7 +183,7 @@ func (b *Broker) ClaimRetries(ctx context.Context, s *core.Subscription, now tim
 		m := core.Message{
 			ID: it.ID, Subject: s.Subject, Origin: core.FromRetry,
 			Body: rec.Body, Headers: rec.Headers, Deliveries: it.Count,
-			LastStatus: rec.LastStatus, LastError: rec.LastError,
+			LastStatus: rec.LastStatus, LastError: rec.LastError, Deferred: rec.Deferred,
 		}
 		if rec.FirstAttempt > 0 {
 			m.FirstAttempt = time.UnixMilli(rec.FirstAttempt)

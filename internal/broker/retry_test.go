@@ -138,6 +138,7 @@ func TestRetryScript(t *testing.T) {
 			before := e.snapshot(t)
 			due := time.Now().Add(time.Minute).Truncate(time.Millisecond)
 			attempt := &core.Attempt{MessageID: m.ID, Status: 503, Latency: 10 * time.Millisecond, Outcome: core.OutcomeRetry}
+			m.LastStatus = 503 // the engine sets the failure context on what it retries
 			if err := e.b.Retry(e.ctx, s, m, due, attempt); err != nil {
 				t.Fatal(err)
 			}

@@ -25,6 +25,7 @@ func (b *Broker) SubscriptionStats(ctx context.Context, s *core.Subscription) (c
 		b.c.B().Xlen().Key(s.Subject).Build(),
 		b.c.B().Xlen().Key(attemptsKey(s.Subject, s.Name)).Build(),
 		b.c.B().Hgetall().Key(circuitKey(s.Subject, s.Name)).Build(),
+		b.c.B().Hlen().Key(leasesKey(s.Subject, s.Name)).Build(),
 	)
 	groups, err := res[0].ToArray()
 	if err != nil && !isNoKey(err) && !rueidis.IsRedisNil(err) {
@@ -62,6 +63,7 @@ func (b *Broker) SubscriptionStats(ctx context.Context, s *core.Subscription) (c
 	st.AttemptLog, _ = res[5].AsInt64()
 	cf, _ := res[6].AsStrMap()
 	st.Circuit = decodeCircuit(cf)
+	st.Deferred, _ = res[7].AsInt64()
 	fields, _ := res[3].AsStrMap()
 	st.Shared = decodeShared(fields, time.Now())
 	return st, nil
@@ -77,6 +79,7 @@ func (b *Broker) otherStats(ctx context.Context, s *core.Subscription) (core.Gro
 		b.c.B().Xlen().Key(dlqKey(s.Subject, s.Name)).Build(),
 		b.c.B().Xlen().Key(attemptsKey(s.Subject, s.Name)).Build(),
 		b.c.B().Hgetall().Key(circuitKey(s.Subject, s.Name)).Build(),
+		b.c.B().Hlen().Key(leasesKey(s.Subject, s.Name)).Build(),
 	}
 	if s.Transport == core.TransportList {
 		cmds = append(cmds, b.c.B().Llen().Key(s.Subject).Build(),
@@ -93,9 +96,10 @@ func (b *Broker) otherStats(ctx context.Context, s *core.Subscription) (core.Gro
 	st.AttemptLog, _ = res[3].AsInt64()
 	cf, _ := res[4].AsStrMap()
 	st.Circuit = decodeCircuit(cf)
+	st.Deferred, _ = res[5].AsInt64()
 	if s.Transport == core.TransportList {
-		st.Lag, _ = res[5].AsInt64()
-		consumers, _ := res[6].AsStrSlice()
+		st.Lag, _ = res[6].AsInt64()
+		consumers, _ := res[7].AsStrSlice()
 		if len(consumers) > 0 {
 			lens := make(rueidis.Commands, len(consumers))
 			for i, c := range consumers {
@@ -164,7 +168,7 @@ func (b *Broker) AddStats(ctx context.Context, s *core.Subscription, consumer st
 	for _, f := range []struct {
 		name string
 		n    int64
-	}{{"delivered", d.Delivered}, {"retried", d.Retried}, {"dead_lettered", d.DeadLettered}, {"lost", d.Lost}} {
+	}{{"delivered", d.Delivered}, {"retried", d.Retried}, {"dead_lettered", d.DeadLettered}, {"lost", d.Lost}, {"filtered", d.Filtered}} {
 		if f.n != 0 {
 			args = append(args, f.name, strconv.FormatInt(f.n, 10))
 			counters++
@@ -197,6 +201,7 @@ func decodeShared(f map[string]string, now time.Time) core.SharedStats {
 	num := func(k string) int64 { n, _ := strconv.ParseInt(f[k], 10, 64); return n }
 	st.Delivered, st.Retried, st.DeadLettered, st.Lost = num("delivered"), num("retried"), num("dead_lettered"), num("lost")
 	st.Expired = num("expired")
+	st.Filtered = num("filtered")
 	st.LastStatus = int(num("last_status"))
 	st.LastError = f["last_error"]
 	if ms := num("last_at"); ms > 0 {

@@ -143,7 +143,7 @@ func (b *Broker) DestroySubscription(ctx context.Context, s *core.Subscription) 
 
 func (b *Broker) deleteKeys(ctx context.Context, subject, sub string) error {
 	err := b.c.Do(ctx, b.c.B().Del().Key(markerKey(subject, sub), retryKey(subject, sub), retryDataKey(subject, sub), retryCountKey(subject, sub),
-		dlqKey(subject, sub), statsKey(subject, sub), attemptsKey(subject, sub), circuitKey(subject, sub)).Build()).Error()
+		dlqKey(subject, sub), statsKey(subject, sub), attemptsKey(subject, sub), circuitKey(subject, sub), leasesKey(subject, sub)).Build()).Error()
 	if err != nil {
 		return fmt.Errorf("delete keys of %s: %w", sub, classify(err))
 	}

@@ -5,6 +5,7 @@ package core
 import (
 	"errors"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -23,6 +24,13 @@ var (
 	// ErrGone: the subscription a settlement belongs to was deleted (or deleted and created
 	// again) meanwhile; nothing was written.
 	ErrGone = errors.New("subscription no longer exists")
+	// ErrDeferFull: the subscription holds max_deferred deferred messages already.
+	ErrDeferFull = errors.New("max_deferred messages are deferred already")
+	// ErrSettled: a deferred message's lease is gone: its handler settled it meanwhile
+	// (or its deadline passed and it was redelivered).
+	ErrSettled = errors.New("the deferred message was settled meanwhile")
+	// ErrLeaseToken: the lease token does not belong to the deferred message's delivery.
+	ErrLeaseToken = errors.New("the lease token is not this delivery's")
 )
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$`)
@@ -104,6 +112,9 @@ type Message struct {
 	LastStatus   int
 	LastError    string
 	FirstAttempt time.Time
+	// Deferred: the webhook took this message to settle later and its ack deadline passed
+	// (it came back from the retry set as a failed attempt, not to be pushed at once).
+	Deferred bool
 }
 
 // MessageID derives the public message id from a subject and a stream entry id.
@@ -112,6 +123,20 @@ type Message struct {
 // unique across subjects. The entry id never holds ':' so the last ':' splits the two.
 func MessageID(subject, entryID string) string {
 	return strings.ReplaceAll(subject, ".", "~") + ":" + entryID
+}
+
+// PublishTime is when the message with this id was published, as far as the id tells: a
+// stream entry id's time, or the time in a list, Pub/Sub or scheduled id; now otherwise.
+func PublishTime(id string) time.Time {
+	rest := id[strings.LastIndexByte(id, ':')+1:]
+	if rest != "" && strings.ContainsRune("lpsc", rune(rest[0])) {
+		rest = rest[1:]
+	}
+	ms, _, _ := strings.Cut(rest, "-")
+	if n, err := strconv.ParseInt(ms, 10, 64); err == nil && n > 0 {
+		return time.UnixMilli(n)
+	}
+	return time.Now()
 }
 
 // ForbiddenPushHeader reports whether a stored or forwarded header must never be sent
@@ -182,8 +207,10 @@ type GroupStats struct {
 	DLQSize      int64
 	// AttemptLog is the number of attempts in the subscription's attempt log.
 	AttemptLog int64
-	Circuit    Circuit
-	Shared     SharedStats
+	// Deferred is the number of messages its webhook holds deferred.
+	Deferred int64
+	Circuit  Circuit
+	Shared   SharedStats
 }
 
 // LocalStats are one bridge process's delivery counters for one subscription.
@@ -216,7 +243,7 @@ type Published struct {
 
 // StatsDelta is what one process adds to a subscription's shared counters.
 type StatsDelta struct {
-	Delivered, Retried, DeadLettered, Lost int64
+	Delivered, Retried, DeadLettered, Lost, Filtered int64
 	// LastStatus and LastError are written when LastAt is set.
 	LastStatus int
 	LastError  string
@@ -231,6 +258,8 @@ type StatsDelta struct {
 // SharedStats are a subscription's counters summed over every bridge process.
 type SharedStats struct {
 	Delivered, Retried, DeadLettered, Lost, InFlight int64
+	// Filtered counts messages the subscription's filter acked without a push.
+	Filtered int64
 	// Expired counts messages removed by the hard retention cap before they were delivered.
 	Expired    int64
 	LastStatus int
@@ -361,6 +390,13 @@ type Circuit struct {
 	Since, Until time.Time
 	// Failures is the current run of consecutive failures.
 	Failures int
+}
+
+// DeferredAction is what a handler does with the message it deferred (SPEC §10).
+type DeferredAction struct {
+	// Op is "ack", "extend", "nack" (deliver it again at Due) or "dead" (dead-letter it).
+	Op  string
+	Due time.Time // extend: the new deadline; nack: when to deliver it again
 }
 
 // Attempt outcomes, as the attempt log records them (SPEC §9).

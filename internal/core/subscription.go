@@ -127,6 +127,34 @@ type CircuitBreakerInput struct {
 	Cooldown *Duration `json:"cooldown"`
 }
 
+// Format is how a push presents a message.
+type Format string
+
+// The push formats (SPEC §11).
+const (
+	// FormatRaw is the push of SPEC §5: the body as published.
+	FormatRaw Format = "raw"
+	// FormatCloudEvents is CloudEvents 1.0 binary content mode (ce-* headers).
+	FormatCloudEvents Format = "cloudevents"
+	// FormatCloudEventsStructured is CloudEvents 1.0 structured mode (application/cloudevents+json).
+	FormatCloudEventsStructured Format = "cloudevents-structured"
+)
+
+// Deferred acknowledgements (SPEC §10).
+const (
+	DefaultMaxDeferred = 1000
+	MaxMaxDeferred     = 1_000_000
+	// MaxAckDeadline bounds Bridge-Ack-Deadline and an extension.
+	MaxAckDeadline = 12 * time.Hour
+)
+
+// Deferrable reports whether a push of s may be deferred by its webhook: the message must
+// be kept somewhere to be settled later (not Pub/Sub, not a simple list), and an ordered
+// subscription cannot leave a key's next message waiting on a handler.
+func (s *Subscription) Deferrable() bool {
+	return !s.Ordered && (s.Transport == TransportStream || (s.Transport == TransportList && s.ListMode == ListReliable))
+}
+
 // Circuit breaker bounds and defaults.
 const (
 	DefaultCircuitCooldown = 30 * time.Second
@@ -163,7 +191,13 @@ type Subscription struct {
 	DLQRetention Duration `json:"dlq_retention"`
 	// CircuitBreaker is off unless Failures > 0.
 	CircuitBreaker CircuitBreaker `json:"circuit_breaker"`
-	Secret         string         `json:"secret,omitempty"`
+	// MaxDeferred bounds the messages a webhook holds deferred at once (SPEC §10).
+	MaxDeferred int `json:"max_deferred"`
+	// Filter is a CEL condition a message must meet to be pushed ("" = every message).
+	Filter string `json:"filter,omitempty"`
+	// Format is how a push presents the message (SPEC §11).
+	Format Format `json:"format"`
+	Secret string `json:"secret,omitempty"`
 	// PreviousSecret keeps signing beside Secret until PreviousSecretUntil (after a rotation).
 	PreviousSecret      string     `json:"previous_secret,omitempty"`
 	PreviousSecretUntil *time.Time `json:"previous_secret_until,omitempty"`
@@ -192,6 +226,9 @@ type SubscriptionInput struct {
 	Headers           map[string]string    `json:"headers"`
 	DLQRetention      *Duration            `json:"dlq_retention"`
 	CircuitBreaker    *CircuitBreakerInput `json:"circuit_breaker"`
+	MaxDeferred       *int                 `json:"max_deferred"`
+	Filter            string               `json:"filter"`
+	Format            Format               `json:"format"`
 	Secret            string               `json:"secret"`
 	Paused            bool                 `json:"paused"`
 }
@@ -240,6 +277,9 @@ func (in *SubscriptionInput) Build(name string) (*Subscription, error) {
 		Headers:        in.Headers,
 		DLQRetention:   Duration(DefaultDLQRetention),
 		CircuitBreaker: CircuitBreaker{Cooldown: Duration(DefaultCircuitCooldown)},
+		MaxDeferred:    DefaultMaxDeferred,
+		Filter:         in.Filter,
+		Format:         in.Format,
 		Secret:         in.Secret,
 		Paused:         in.Paused,
 	}
@@ -376,6 +416,19 @@ func (in *SubscriptionInput) Build(name string) (*Subscription, error) {
 	}
 	if s.CircuitBreaker.Failures > 0 && s.Transport == TransportPubSub {
 		return nil, &FieldError{"circuit_breaker", "Pub/Sub messages cannot wait for a circuit to close: at most once, they are not kept"}
+	}
+	if in.MaxDeferred != nil {
+		s.MaxDeferred = *in.MaxDeferred
+	}
+	if s.MaxDeferred < 1 || s.MaxDeferred > MaxMaxDeferred {
+		return nil, &FieldError{"max_deferred", fmt.Sprintf("must be between 1 and %d", MaxMaxDeferred)}
+	}
+	switch s.Format {
+	case "":
+		s.Format = FormatRaw
+	case FormatRaw, FormatCloudEvents, FormatCloudEventsStructured:
+	default:
+		return nil, &FieldError{"format", `must be "raw", "cloudevents" or "cloudevents-structured"`}
 	}
 	if len(s.Headers) > MaxStaticHeaders {
 		return nil, &FieldError{"headers", fmt.Sprintf("at most %d headers", MaxStaticHeaders)}

@@ -61,6 +61,8 @@ type Settler interface {
 	Settle(ctx context.Context, batch []core.Settlement) error
 	Retry(ctx context.Context, s *core.Subscription, m *core.Message, due time.Time, attempt *core.Attempt) error
 	DeadLetter(ctx context.Context, s *core.Subscription, m *core.Message, info core.DeadLetterInfo) error
+	// Defer holds a message its webhook will settle later (core.ErrDeferFull past max).
+	Defer(ctx context.Context, s *core.Subscription, m *core.Message, deadline time.Time, tokenHash string, maxDeferred int, attempt *core.Attempt) error
 }
 
 // RetrySets hands out due retries.

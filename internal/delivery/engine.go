@@ -33,6 +33,8 @@ type Metrics interface {
 	Pushed(sub string, status int, outcome string, d time.Duration)
 	Lost(sub string, n int)
 	ScheduledDropped(subject string)
+	// Filtered counts messages a subscription's filter acked without a push.
+	Filtered(sub string)
 }
 
 type noMetrics struct{}
@@ -40,6 +42,7 @@ type noMetrics struct{}
 func (noMetrics) Pushed(string, int, string, time.Duration) {}
 func (noMetrics) Lost(string, int)                          {}
 func (noMetrics) ScheduledDropped(string)                   {}
+func (noMetrics) Filtered(string)                           {}
 
 // Defaults of Options.
 const (

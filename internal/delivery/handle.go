@@ -2,10 +2,14 @@ package delivery
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/bridge-dev/bridge/internal/core"
+	"github.com/bridge-dev/bridge/internal/filter"
 	"go.uber.org/zap"
 )
 
@@ -33,11 +37,17 @@ func (r *sub) handle(m *core.Message) result {
 		// (reclaimed after the visibility timeout once delivery resumes).
 		return unsettled
 	}
+	if m.Deferred {
+		return r.deadlinePassed(cfg, m)
+	}
 	if m.Deliveries > cfg.MaxDeliveries {
 		// Reclaimed after its consumer died mid-push as often as it may be delivered: a
 		// poison message must not crash-loop the fleet.
 		const why = "delivery count exceeded max_deliveries before a push could complete"
 		return r.deadLetter(cfg, m, core.ReasonMaxDeliveries, 0, why, r.attempt(m, pushResult{errText: why}, core.OutcomeDeadLetter))
+	}
+	if f := r.live.filter.Load(); f != nil && !r.matches(f, m) {
+		return r.filtered(cfg, m)
 	}
 	if r.limiter != nil && r.cfg.Transport == core.TransportPubSub {
 		// Pub/Sub messages arrive unasked; read paths take their tokens before reading
@@ -60,7 +70,11 @@ func (r *sub) handle(m *core.Message) result {
 	}
 	r.live.stats.record(res.status, res.errText)
 	pubsub := r.cfg.Transport == core.TransportPubSub
-	r.e.metrics.Pushed(cfg.Name, res.status, outcomeLabel(outcome, m.Deliveries >= cfg.MaxDeliveries || m.Origin == core.Unsettled, pubsub), res.latency)
+	label := outcomeLabel(outcome, m.Deliveries >= cfg.MaxDeliveries || m.Origin == core.Unsettled, pubsub)
+	if outcome == Ack && res.deferFor > 0 {
+		label = core.OutcomeDeferred
+	}
+	r.e.metrics.Pushed(cfg.Name, res.status, label, res.latency)
 	if ce := log.Check(zap.DebugLevel, "pushed"); ce != nil {
 		ce.Write(zap.String("message_id", m.ID), zap.Int("status", res.status), zap.Int("delivery", m.Deliveries),
 			zap.Stringer("outcome", outcome), zap.Duration("latency", res.latency))
@@ -71,8 +85,11 @@ func (r *sub) handle(m *core.Message) result {
 	}
 	switch outcome {
 	case Ack:
-		r.live.stats.Delivered.Add(1)
 		r.circuitSuccess(cfg, m)
+		if res.deferFor > 0 {
+			return r.deferMsg(cfg, m, res)
+		}
+		r.live.stats.Delivered.Add(1)
 		st := core.Settlement{Sub: r.cfg, Origin: m.Origin, Handle: settleHandle(m), ID: m.ID, Queue: m.Queue,
 			Attempt: r.attempt(m, res, core.OutcomeAck)}
 		switch {
@@ -100,29 +117,125 @@ func (r *sub) handle(m *core.Message) result {
 			// Pushed while the circuit was open (or as its probe): no attempt is used.
 			return r.holdForCircuit(cfg, m, until, r.attempt(m, res, core.OutcomeRetry))
 		}
-		if m.Deliveries >= cfg.MaxDeliveries {
-			return r.deadLetter(cfg, m, core.ReasonMaxDeliveries, res.status, res.errText, r.attempt(m, res, core.OutcomeDeadLetter))
-		}
-		due := time.Now().Add(retryDelay(cfg, m.Deliveries, res.retryAfter, time.Now()))
-		at := r.attempt(m, res, core.OutcomeRetry)
-		err := r.write(func(ctx context.Context) error { return r.e.b.Retry(ctx, cfg, m, due, at) })
-		if errors.Is(err, core.ErrGone) {
-			return settled // its subscription was deleted: nothing of it may be written
-		}
-		if err != nil {
-			log.Warn("could not schedule retry; the message stays pending and will be reclaimed",
-				zap.String("message_id", m.ID), zap.Error(err))
-			return unsettled
-		}
-		r.live.stats.Retried.Add(1)
-		r.armRetry(due)
-		return requeued
+		return r.requeue(cfg, m, res)
 	}
 	// Drop, Gone
 	if outcome == Gone {
 		defer r.pauseGone()
 	}
 	return r.deadLetter(cfg, m, core.ReasonDropped, res.status, res.errText, r.attempt(m, res, core.OutcomeDeadLetter))
+}
+
+// matches evaluates the subscription's filter on m; a filter that fails on m (a missing
+// key, a wrong type) does not match.
+func (r *sub) matches(f *filter.Program, m *core.Message) bool {
+	ok, err := f.Match(filter.Message{Subject: m.Subject, Headers: m.Headers, PartitionKey: m.Headers[core.HeaderPartitionKey],
+		Body: m.Body, ContentType: m.Headers[core.HeaderContentType]})
+	if err != nil {
+		if ce := r.log.Check(zap.DebugLevel, "filter failed on a message; not pushed"); ce != nil {
+			ce.Write(zap.String("message_id", m.ID), zap.Error(err))
+		}
+	}
+	return ok
+}
+
+// filtered acks a message the filter did not match, without a push: counted filtered.
+func (r *sub) filtered(cfg *core.Subscription, m *core.Message) result {
+	r.live.stats.Filtered.Add(1)
+	r.e.metrics.Filtered(cfg.Name)
+	st := core.Settlement{Sub: r.cfg, Origin: m.Origin, Handle: settleHandle(m), ID: m.ID, Queue: m.Queue,
+		Attempt: r.attempt(m, pushResult{}, core.OutcomeFiltered)}
+	if m.Deferred {
+		// A deferred message whose filter changed meanwhile: its deadline passing settles
+		// nothing; it goes the way of any other failed attempt.
+		return r.deadlinePassed(cfg, m)
+	}
+	switch {
+	case m.Origin == core.Unsettled:
+		if st.Attempt == nil {
+			return settled
+		}
+	case r.gate != nil && m.Origin == core.FromRetry:
+		ctx, cancel := r.ctx()
+		err := r.e.b.Settle(ctx, []core.Settlement{st})
+		cancel()
+		if err != nil {
+			return unsettled
+		}
+		return settled
+	}
+	r.e.settler.add(st, r.live)
+	return settled
+}
+
+// requeue schedules a failed message for another delivery after its backoff, or
+// dead-letters it when it has had max_deliveries.
+func (r *sub) requeue(cfg *core.Subscription, m *core.Message, res pushResult) result {
+	if m.Deliveries >= cfg.MaxDeliveries {
+		return r.deadLetter(cfg, m, core.ReasonMaxDeliveries, res.status, res.errText, r.attempt(m, res, core.OutcomeDeadLetter))
+	}
+	due := time.Now().Add(retryDelay(cfg, m.Deliveries, res.retryAfter, time.Now()))
+	at := r.attempt(m, res, core.OutcomeRetry)
+	next := *m // with the failure context the next push carries
+	next.LastStatus, next.LastError = res.status, res.errText
+	err := r.write(func(ctx context.Context) error { return r.e.b.Retry(ctx, cfg, &next, due, at) })
+	switch {
+	case errors.Is(err, core.ErrGone):
+		return settled // its subscription was deleted: nothing of it may be written
+	case errors.Is(err, core.ErrSettled):
+		return settled // a deferred message its handler settled meanwhile
+	case err != nil:
+		r.log.Warn("could not schedule retry; the message stays pending and will be reclaimed",
+			zap.String("message_id", m.ID), zap.Error(err))
+		return unsettled
+	}
+	r.live.stats.Retried.Add(1)
+	r.armRetry(due)
+	return requeued
+}
+
+// deferMsg holds a message its webhook took to settle later (202 with Bridge-Ack-Deadline):
+// out of its push slot, in the retry set until the deadline, with the lease its token
+// proves. Past max_deferred the answer counts as a failed attempt: the message comes again.
+func (r *sub) deferMsg(cfg *core.Subscription, m *core.Message, res pushResult) result {
+	deadline := time.Now().Add(res.deferFor)
+	sum := sha256.Sum256([]byte(res.token))
+	at := r.attempt(m, res, core.OutcomeDeferred)
+	err := r.write(func(ctx context.Context) error {
+		return r.e.b.Defer(ctx, cfg, m, deadline, hex.EncodeToString(sum[:]), maxDeferred(cfg), at)
+	})
+	switch {
+	case errors.Is(err, core.ErrGone):
+		return settled
+	case errors.Is(err, core.ErrDeferFull):
+		res.errText = fmt.Sprintf("202 with Bridge-Ack-Deadline refused: %d messages are deferred already (max_deferred)", maxDeferred(cfg))
+		r.live.stats.record(res.status, res.errText)
+		return r.requeue(cfg, m, res)
+	case err != nil:
+		r.log.Warn("could not defer; the message stays pending and will be reclaimed",
+			zap.String("message_id", m.ID), zap.Error(err))
+		return unsettled
+	}
+	r.armRetry(deadline)
+	return requeued
+}
+
+// maxDeferred is s's max_deferred (a subscription stored before it existed has the default).
+func maxDeferred(s *core.Subscription) int {
+	if s.MaxDeferred > 0 {
+		return s.MaxDeferred
+	}
+	return core.DefaultMaxDeferred
+}
+
+// deadlinePassed handles a deferred message whose ack deadline passed: the delivery that
+// was deferred failed (a timeout) and the verdict table decides, as for any timeout.
+func (r *sub) deadlinePassed(cfg *core.Subscription, m *core.Message) result {
+	held := *m
+	held.Deliveries = max(m.Deliveries-1, 1) // the claim counted a delivery that is not made
+	res := pushResult{errText: "ack deadline passed"}
+	r.live.stats.record(0, res.errText)
+	return r.requeue(cfg, &held, res)
 }
 
 // attempt is what the attempt log keeps of this push; nil when the log is off.
@@ -193,8 +306,8 @@ func (r *sub) settleAtMostOnce(cfg *core.Subscription, m *core.Message, outcome 
 func (r *sub) deadLetter(cfg *core.Subscription, m *core.Message, reason string, status int, errText string, at *core.Attempt) result {
 	info := core.DeadLetterInfo{Reason: reason, LastStatus: status, LastError: errText, At: time.Now(), Attempt: at}
 	err := r.write(func(ctx context.Context) error { return r.e.b.DeadLetter(ctx, cfg, m, info) })
-	if errors.Is(err, core.ErrGone) {
-		return settled // its subscription was deleted: nothing of it may be written
+	if errors.Is(err, core.ErrGone) || errors.Is(err, core.ErrSettled) {
+		return settled // its subscription was deleted, or its handler settled it meanwhile
 	}
 	if err != nil {
 		r.log.Warn("could not dead-letter; the message stays pending and will be reclaimed",

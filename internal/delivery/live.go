@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/bridge-dev/bridge/internal/core"
+	"github.com/bridge-dev/bridge/internal/filter"
 	"github.com/bridge-dev/bridge/internal/webhook"
 )
 
@@ -23,6 +24,8 @@ type liveSub struct {
 	stats *Stats
 	// circuit is the circuit breaker as this process knows it.
 	circuit circuitLocal
+	// filter is the compiled filter of the configuration in force; nil when it has none.
+	filter atomic.Pointer[filter.Program]
 }
 
 // signerState is a signer and when its set of secrets stops being valid (a rotation's end).
@@ -49,6 +52,17 @@ func (l *liveSub) update(s *core.Subscription) error {
 			return err
 		}
 		l.signer.Store(st)
+	}
+	if old == nil || old.Filter != s.Filter {
+		var p *filter.Program
+		if s.Filter != "" {
+			// Checked at PUT; a filter stored by a newer bridge that this one cannot compile
+			// pushes everything rather than nothing.
+			if c, err := filter.Compile(s.Filter); err == nil {
+				p = c
+			}
+		}
+		l.filter.Store(p)
 	}
 	l.sub.Store(s)
 	l.stats.sub.Store(s)

@@ -3,6 +3,8 @@ package delivery
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -63,6 +65,10 @@ type pushResult struct {
 	latency    time.Duration
 	// noRetry: the webhook answered a failure with Bridge-Retry: false (SPEC §10).
 	noRetry bool
+	// token is the lease token the push carried (deferrable subscriptions); deferFor is
+	// the Bridge-Ack-Deadline of a 202 that defers the message (0: none).
+	token    string
+	deferFor time.Duration
 }
 
 // maxContextError bounds the bridge-last-error header of a retry (SPEC §10).
@@ -73,21 +79,28 @@ const maxContextError = 256
 func (r *sub) push(abortCtx context.Context, s *core.Subscription, m *core.Message) (res pushResult, aborted bool) {
 	ctx, cancel := context.WithTimeout(abortCtx, time.Duration(s.Timeout))
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.URL, bytes.NewReader(m.Body))
+	body, ct := m.Body, m.Headers[core.HeaderContentType]
+	ev, isEvent := cloudEvent(s.Format, m)
+	if isEvent {
+		body, ct = ev.body, ev.contentType
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.URL, bytes.NewReader(body))
 	if err != nil {
 		return pushResult{errText: "build request: " + err.Error()}, false
 	}
 	h := req.Header
 	for k, v := range m.Headers {
-		if core.ForbiddenPushHeader(k) || k == core.HeaderContentType {
+		if core.ForbiddenPushHeader(k) || k == core.HeaderContentType || (isEvent && strings.HasPrefix(k, "ce-")) {
 			continue
 		}
 		h[canonical(k)] = []string{v}
 	}
+	for k, v := range ev.headers {
+		h[canonicalCE(k)] = []string{v}
+	}
 	for k, v := range s.Headers {
 		h[k] = []string{v}
 	}
-	ct := m.Headers[core.HeaderContentType]
 	if ct == "" {
 		ct = "application/octet-stream"
 	}
@@ -96,13 +109,17 @@ func (r *sub) push(abortCtx context.Context, s *core.Subscription, m *core.Messa
 	h["User-Agent"] = []string{"bridge/1"}
 	h["Webhook-Id"] = []string{m.ID}
 	h["Webhook-Timestamp"] = []string{strconv.FormatInt(now.Unix(), 10)}
-	h["Webhook-Signature"] = []string{r.live.currentSigner(now).Sign(m.ID, now, m.Body)}
+	h["Webhook-Signature"] = []string{r.live.currentSigner(now).Sign(m.ID, now, body)}
 	h["Redis-Delivery-Count"] = []string{strconv.Itoa(m.Deliveries)}
 	if m.IdleMS > 0 {
 		h["Redis-Idle-Ms"] = []string{strconv.FormatInt(m.IdleMS, 10)}
 	}
 	h["Bridge-Subject"] = []string{m.Subject}
 	h["Bridge-Subscription"] = []string{s.Name}
+	if s.Deferrable() && m.Origin != core.Unsettled {
+		res.token = newLeaseToken()
+		h["Bridge-Lease-Token"] = []string{res.token}
+	}
 	if !m.FirstAttempt.IsZero() {
 		h["Bridge-First-Attempt"] = []string{m.FirstAttempt.UTC().Format(time.RFC3339)}
 		if m.LastStatus > 0 {
@@ -129,6 +146,21 @@ func (r *sub) push(abortCtx context.Context, s *core.Subscription, m *core.Messa
 		_ = resp.Body.Close()
 		res.errText = fmt.Sprintf("HTTP %d: a final informational answer is not an acknowledgement", res.status)
 		return res, false
+	}
+	if res.status == http.StatusAccepted && res.token != "" {
+		if v := resp.Header.Get("Bridge-Ack-Deadline"); v != "" {
+			d, err := core.ParseDuration(strings.TrimSpace(v))
+			if err != nil || d <= 0 || d > core.MaxAckDeadline {
+				// A handler that meant to defer and cannot must not lose the message to an
+				// ack: the attempt fails and the message comes again.
+				_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxResponseRead))
+				_ = resp.Body.Close()
+				res.status = 0
+				res.errText = fmt.Sprintf("invalid Bridge-Ack-Deadline %q: a duration from 1ms to 12h", printable([]byte(v)))
+				return res, false
+			}
+			res.deferFor = d
+		}
 	}
 	res.retryAfter = resp.Header.Get("Retry-After")
 	res.noRetry = strings.EqualFold(strings.TrimSpace(resp.Header.Get("Bridge-Retry")), "false")
@@ -178,6 +210,14 @@ func printable(b []byte) string {
 		s = s[:maxErrorText]
 	}
 	return s
+}
+
+// newLeaseToken is a push's lease token: 128 random bits, so no handler can guess another
+// delivery's.
+func newLeaseToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
 // clip cuts s to at most n bytes without splitting a character.

@@ -14,6 +14,7 @@ type Stats struct {
 	DeadLettered atomic.Int64
 	InFlight     atomic.Int64
 	Lost         atomic.Int64
+	Filtered     atomic.Int64
 	LastStatus   atomic.Int64
 	lastError    atomic.Pointer[string]
 	// lastAt (unix ms) is when LastStatus and the last error were set.
@@ -29,7 +30,7 @@ type Stats struct {
 // idle reports whether d has nothing to add: no counts, no new status, and no in-flight
 // report to make or to take back. Idle subscriptions then cost Redis nothing.
 func (s *Stats) idle(d core.StatsDelta) bool {
-	return d.Delivered == 0 && d.Retried == 0 && d.DeadLettered == 0 && d.Lost == 0 &&
+	return d.Delivered == 0 && d.Retried == 0 && d.DeadLettered == 0 && d.Lost == 0 && d.Filtered == 0 &&
 		d.LastAt.IsZero() && d.InFlight == 0 && s.flushed.InFlight == 0
 }
 
@@ -47,6 +48,7 @@ func (s *Stats) delta() core.StatsDelta {
 		Retried:      s.Retried.Load() - s.flushed.Retried,
 		DeadLettered: s.DeadLettered.Load() - s.flushed.DeadLettered,
 		Lost:         s.Lost.Load() - s.flushed.Lost,
+		Filtered:     s.Filtered.Load() - s.flushed.Filtered,
 		InFlight:     s.InFlight.Load(),
 	}
 	if ok := s.okAt.Load(); ok > s.flushed.OkAt.UnixMilli() {
@@ -66,6 +68,7 @@ func (s *Stats) flushedDelta(d core.StatsDelta) {
 	s.flushed.Retried += d.Retried
 	s.flushed.DeadLettered += d.DeadLettered
 	s.flushed.Lost += d.Lost
+	s.flushed.Filtered += d.Filtered
 	if !d.LastAt.IsZero() {
 		s.flushed.LastAt = d.LastAt
 	}

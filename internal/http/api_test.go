@@ -29,6 +29,7 @@ type idleEngine struct{}
 func (idleEngine) Running() bool                     { return true }
 func (idleEngine) Sync(context.Context, int64) error { return nil }
 func (idleEngine) Poke(string)                       {}
+func (idleEngine) Consumer() string                  { return "test" }
 
 func newAPI(t *testing.T, rs *redistest.Server) http.Handler {
 	t.Helper()

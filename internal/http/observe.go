@@ -2,6 +2,9 @@ package httpapi
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -210,4 +213,103 @@ func isDigits(s string) bool {
 		}
 	}
 	return true
+}
+
+type nackInput struct {
+	Delay      *core.Duration `json:"delay"`
+	DeadLetter bool           `json:"dead_letter"`
+}
+
+type extendInput struct {
+	Deadline core.Duration `json:"deadline"`
+}
+
+// maxLeaseToken bounds the Bridge-Lease-Token header (the bridge's are 22 characters).
+const maxLeaseToken = 128
+
+// settleDeferred lets a handler settle the message it deferred: ack, nack (again after a
+// delay, or dead-letter) or extend its deadline, proving the delivery with its lease token.
+func (a *api) settleDeferred(w http.ResponseWriter, r *http.Request) {
+	op := chi.URLParam(r, "action")
+	if op != "ack" && op != "nack" && op != "extend" {
+		writeProblem(w, "not_found", "no such route: the actions are ack, nack and extend")
+		return
+	}
+	token := strings.TrimSpace(r.Header.Get("Bridge-Lease-Token"))
+	if token == "" || len(token) > maxLeaseToken {
+		writeProblem(w, "invalid_header", "Bridge-Lease-Token: the bridge-lease-token header of the push is required")
+		return
+	}
+	act := core.DeferredAction{Op: op}
+	now := time.Now()
+	switch op {
+	case "ack":
+		if !decodeJSON(w, r, &struct{}{}, true) {
+			return
+		}
+	case "nack":
+		var in nackInput
+		if !decodeJSON(w, r, &in, true) {
+			return
+		}
+		if in.DeadLetter && in.Delay != nil {
+			writeProblem(w, "invalid_json", "give delay or dead_letter, not both")
+			return
+		}
+		if in.DeadLetter {
+			act.Op = "dead"
+		}
+		delay := time.Duration(0)
+		if in.Delay != nil {
+			delay = time.Duration(*in.Delay)
+		}
+		if delay > time.Hour {
+			writeProblem(w, "invalid_json", "delay: at most 1h")
+			return
+		}
+		act.Due = now.Add(delay)
+	case "extend":
+		var in extendInput
+		if !decodeJSON(w, r, &in, false) {
+			return
+		}
+		if in.Deadline <= 0 || time.Duration(in.Deadline) > core.MaxAckDeadline {
+			writeProblem(w, "invalid_json", "deadline: a duration from 1ms to 12h, counted from now")
+			return
+		}
+		act.Due = now.Add(time.Duration(in.Deadline))
+	}
+	s, ok := a.load(w, r)
+	if !ok {
+		return
+	}
+	id := param(r, "id")
+	sum := sha256.Sum256([]byte(token))
+	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+	defer cancel()
+	err := a.b.SettleDeferred(ctx, s, id, hex.EncodeToString(sum[:]), a.e.Consumer(), act)
+	switch {
+	case errors.Is(err, core.ErrLeaseToken):
+		writeProblem(w, "invalid_lease_token", "this token is not the lease of this message's current delivery")
+		return
+	case errors.Is(err, core.ErrSettled):
+		writeProblem(w, "lease_expired", "the message is not deferred: already settled, or its deadline passed and it was delivered again")
+		return
+	case err != nil:
+		a.fail(w, r, err)
+		return
+	}
+	out := map[string]any{"id": id}
+	switch act.Op {
+	case "ack":
+		out["status"] = "acked"
+	case "dead":
+		out["status"] = "dead_lettered"
+	case "nack":
+		out["status"], out["redeliver_at"] = "nacked", act.Due.UTC()
+		a.e.Poke(s.Name) // it is due (or will be): the engine looks at the retry set now
+	case "extend":
+		out["status"], out["deadline"] = "extended", act.Due.UTC()
+	}
+	writeJSON(w, http.StatusOK, out)
 }

@@ -19,6 +19,8 @@ import (
 
 const (
 	forwardPrefix      = "Bridge-Forward-"
+	maxCEHeaders       = 32
+	maxCEHeaderLen     = 1024
 	maxPartitionKeyLen = 1024
 	maxForwarded       = 32
 	maxTraceHeaderLen  = 1024
@@ -215,6 +217,19 @@ func messageHeaders(h http.Header) (map[string]string, error) {
 			}
 			out[name] = v
 		}
+	}
+	// CloudEvents binary mode: ce-* attributes published as headers are kept with the
+	// message (pushed as they are; cloudevents formats take them as the event's).
+	ce := 0
+	for k, vs := range h {
+		if len(k) <= 3 || !strings.EqualFold(k[:3], "ce-") {
+			continue
+		}
+		ce++
+		if ce > maxCEHeaders || len(vs) != 1 || len(vs[0]) > maxCEHeaderLen || !httpguts.ValidHeaderFieldValue(vs[0]) {
+			return nil, fmt.Errorf("%s: at most %d ce-* headers, once each, valid values of at most %d bytes", k, maxCEHeaders, maxCEHeaderLen)
+		}
+		out[strings.ToLower(k)] = vs[0]
 	}
 	fwd := make(map[string]string)
 	for k, vs := range h {

@@ -35,6 +35,7 @@ type Broker interface {
 	DeleteSubscription(ctx context.Context, name string) (int64, error)
 	DeadLetters(ctx context.Context, s *core.Subscription, after string, limit, cut int) (core.DeadLetterPage, error)
 	GetDeadLetter(ctx context.Context, s *core.Subscription, id string) (core.DeadLetter, error)
+	SettleDeferred(ctx context.Context, s *core.Subscription, id, tokenHash, process string, act core.DeferredAction) error
 	Attempts(ctx context.Context, s *core.Subscription, q core.AttemptQuery) (core.AttemptPage, error)
 	LookupMessage(ctx context.Context, id string, subs []*core.Subscription) (core.MessageView, bool, error)
 	ReplayDeadLetters(ctx context.Context, s *core.Subscription, ids []string) (int, error)
@@ -58,6 +59,8 @@ type Engine interface {
 	Sync(ctx context.Context, version int64) error
 	// Poke makes a subscription read at once (after a seek or a replay).
 	Poke(name string)
+	// Consumer names this process (in the attempt log).
+	Consumer() string
 }
 
 // Options configure the API.
@@ -165,6 +168,17 @@ func NewHandler(b Broker, reg Registry, e Engine, opts Options) http.Handler {
 	})
 	r.Mount("/console/", console.Handler())
 	r.Route("/v1", func(r chi.Router) {
+		// A deferred message is settled by its handler with the lease token its push
+		// carried, which proves the delivery: no API token (SPEC §10).
+		r.Post("/subscriptions/{name}/messages/{id}/{action}", a.settleDeferred)
+		r.Group(func(r chi.Router) { a.authenticated(r) })
+	})
+	return r
+}
+
+// authenticated adds the routes that take a bearer token.
+func (a *api) authenticated(r chi.Router) {
+	{
 		r.Use(a.authenticate)
 		publish := r.With(a.countPublishErrors, a.require(auth.ActionPublish))
 		publish.Post("/subjects/{subject}/messages", a.publish)
@@ -191,8 +205,7 @@ func NewHandler(b Broker, reg Registry, e Engine, opts Options) http.Handler {
 			r.With(dlq).Delete("/dead-letters", a.purgeDeadLetters)
 			r.With(dlq).Post("/dead-letters/replay", a.replay)
 		})
-	})
-	return r
+	}
 }
 
 // NewServer wraps h in an http.Server with every timeout and limit set, so a slow or

@@ -37,6 +37,8 @@ type statsView struct {
 	Retrying     int64  `json:"retrying"`
 	DLQSize      int64  `json:"dlq_size"`
 	AttemptLog   int64  `json:"attempt_log"`
+	Deferred     int64  `json:"deferred"`
+	Filtered     int64  `json:"filtered"`
 	// The circuit breaker, when the subscription has one.
 	Circuit      string     `json:"circuit,omitempty"`
 	CircuitSince *time.Time `json:"circuit_since,omitempty"`
@@ -166,7 +168,7 @@ func (a *api) stats(ctx context.Context, s *core.Subscription) (*statsView, erro
 	}
 	sh := gs.Shared
 	sv := &statsView{
-		Lag: gs.Lag, Pending: gs.Pending, Retrying: gs.Retrying, DLQSize: gs.DLQSize, AttemptLog: gs.AttemptLog,
+		Lag: gs.Lag, Pending: gs.Pending, Retrying: gs.Retrying, DLQSize: gs.DLQSize, AttemptLog: gs.AttemptLog, Deferred: gs.Deferred, Filtered: sh.Filtered,
 		InFlight: sh.InFlight, Delivered: sh.Delivered, Retried: sh.Retried, DeadLettered: sh.DeadLettered,
 		Lost: sh.Lost, Expired: sh.Expired, LastStatus: int64(sh.LastStatus), LastError: sh.LastError,
 	}

@@ -43,6 +43,7 @@ type Metrics struct {
 	streamEntries *prometheus.GaugeVec
 	trimmed       *prometheus.CounterVec
 	expired       *prometheus.CounterVec
+	filtered      *prometheus.CounterVec
 }
 
 // New registers the bridge's metrics, plus Go runtime and process metrics.
@@ -81,9 +82,12 @@ func New() *Metrics {
 		expired: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bridge_expired_total", Help: "Messages removed by BRIDGE_MAX_RETENTION before the subscription read or acknowledged them.",
 		}, []string{"subscription"}),
+		filtered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_filtered_total", Help: "Messages a subscription's filter did not match: acknowledged without a push.",
+		}, []string{"subscription"}),
 	}
 	m.reg.MustRegister(m.published, m.publishErrors, m.pushes, m.pushDuration, m.responses, m.lost, m.schedDropped,
-		m.streamEntries, m.trimmed, m.expired,
+		m.streamEntries, m.trimmed, m.expired, m.filtered,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -122,6 +126,14 @@ func (m *Metrics) Pushed(sub string, status int, outcome string, d time.Duration
 	m.pushes.WithLabelValues(sub, outcome).Inc()
 	m.pushDuration.WithLabelValues(sub).Observe(d.Seconds())
 	m.responses.WithLabelValues(sub, strconv.Itoa(status)).Inc()
+}
+
+// Filtered counts a message a subscription's filter acked without a push.
+func (m *Metrics) Filtered(sub string) {
+	if m == nil {
+		return
+	}
+	m.filtered.WithLabelValues(sub).Inc()
 }
 
 // Lost counts pending entries that no longer existed in their stream.

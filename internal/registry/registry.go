@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/bridge-dev/bridge/internal/core"
+	"github.com/bridge-dev/bridge/internal/filter"
 	"github.com/bridge-dev/bridge/internal/netguard"
 	"github.com/bridge-dev/bridge/internal/webhook"
 )
@@ -80,6 +81,11 @@ func (r *Registry) Apply(ctx context.Context, name string, in core.SubscriptionI
 			return Result{}, &InputError{"target_not_allowed", err.Error() + " (allow it with BRIDGE_TARGET_ALLOW_CIDRS)"}
 		}
 		return Result{}, &InputError{"invalid_url", err.Error()}
+	}
+	if s.Filter != "" {
+		if _, err := filter.Compile(s.Filter); err != nil {
+			return Result{}, &InputError{"invalid_filter", "filter: " + err.Error()}
+		}
 	}
 	if s.Secret != "" {
 		if err := webhook.ValidateSecret(s.Secret); err != nil {

@@ -80,9 +80,9 @@
 
   const statusBadge = (code) => badge(code ? String(code) : 'none', statusTone(code));
 
-  const OUTCOME_TONE = { ack: 'ok', retry: 'warn', dead_letter: 'bad', filtered: 'muted', deferred: 'info' };
+  const OUTCOME_TONE = { ack: 'ok', retry: 'warn', dead_letter: 'bad', filtered: 'muted', deferred: 'info', failed: 'bad' };
   const STATE_TONE = {
-    delivered: 'ok', pending: 'info', retrying: 'warn', dead_lettered: 'bad', filtered: 'muted', expired: 'muted',
+    delivered: 'ok', pending: 'info', retrying: 'warn', dead_lettered: 'bad', filtered: 'muted', expired: 'muted', failed: 'bad',
   };
   const CIRCUIT_TONE = { closed: 'ok', half_open: 'warn', open: 'bad' };
 
@@ -433,6 +433,8 @@
       tile('expired', 'Expired', fmtNum(st.expired)),
     ];
     if (typeof st.stream_length === 'number') tiles.push(tile('stream_length', 'Stream length', fmtNum(st.stream_length)));
+    if (st.deferred) tiles.push(tile('deferred', 'Deferred', fmtNum(st.deferred)));
+    if (typeof st.attempt_log === 'number') tiles.push(tile('attempt_log', 'Attempts kept', fmtNum(st.attempt_log)));
     tiles.push(tile('last_status', 'Last status', statusBadge(st.last_status)));
     tiles.push(tile('last_push_at', 'Last push', fmtTime(st.last_push_at)));
     if (st.circuit) tiles.push(tile('circuit', 'Circuit', circuitBadge(st.circuit, st)));
@@ -483,7 +485,7 @@
 
     const outcomeSelect = el('select', { id: 'outcome-filter', testid: 'outcome-filter', 'aria-label': 'Outcome',
       onchange: () => { att.outcome = outcomeSelect.value; att.cursors = []; attempts.reset(); timer.now(); } },
-    [['', 'all outcomes'], ['ack', 'ack'], ['retry', 'retry'], ['dead_letter', 'dead letter'], ['filtered', 'filtered'], ['deferred', 'deferred']]
+    [['', 'all outcomes'], ['ack', 'ack'], ['retry', 'retry'], ['dead_letter', 'dead letter'], ['filtered', 'filtered'], ['deferred', 'deferred'], ['failed', 'failed (Pub/Sub)']]
       .map(([v, t]) => el('option', { value: v }, t)));
     const newerBtn = el('button', { type: 'button', class: 'ghost', testid: 'attempts-newest', hidden: true,
       onclick: () => { att.cursors = []; timer.now(); } }, 'Newest');
