@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -209,4 +210,38 @@ func TestThreeProcessesShareWork(t *testing.T) {
 	procs[2].kill()
 	redistest.Eventually(t, 60*time.Second, func() bool { return rc.distinct() == 6000 }, "%d of 6000 after a kill -9", rc.distinct())
 	t.Logf("three processes: 3000 once each; with one killed: %d pushes for 3000 more (%d duplicates)", rc.count()-first, rc.count()-first-3000)
+}
+
+// A read whose reply is lost (the connection dropped after Redis ran XREADGROUP) leaves
+// entries pending with the bridge's own consumer, and nothing announces them. After a
+// Redis connection failure the bridge checks every subscription once they can be
+// reclaimed (a visibility timeout later), not at its five-minute safety net.
+func TestLostReadReplyIsReclaimed(t *testing.T) {
+	t.Parallel()
+	rs := redistest.Start(t, redistest.Options{AOF: true})
+	br := startBridge(t, redisURL(rs))
+	rc := newReceiver(t, nil)
+	subject := uniq("lostreply")
+	br.subscribe("lost", fastSub(rc.URL, subject, map[string]any{"timeout": "1s", "visibility_timeout": "2s"}))
+	var consumer string
+	redistest.Eventually(t, 5*time.Second, func() bool {
+		_, rest, ok := strings.Cut(br.log.String(), `"msg":"delivery engine started","consumer":"`)
+		consumer, _, _ = strings.Cut(rest, `"`)
+		return ok && consumer != ""
+	}, "the bridge's consumer name in its log")
+	// What a lost reply leaves: entries read into the bridge's consumer, never pushed.
+	// XADD and XREADGROUP in one script: the bridge never sees the entries as new.
+	if err := rs.Do(t, "EVAL", `for i = 1, 3 do redis.call('XADD', KEYS[1], '*', '_payload', 'lost ' .. i) end
+redis.call('XREADGROUP', 'GROUP', 'bridge:lost', ARGV[1], 'COUNT', 3, 'STREAMS', KEYS[1], '>')
+return 1`, "1", subject, consumer).Error(); err != nil {
+		t.Fatal(err)
+	}
+	// The outage that lost the reply: Redis goes away for a moment and comes back.
+	rs.Kill(t)
+	time.Sleep(2500 * time.Millisecond)
+	rs.Restart(t)
+	dropped := time.Now()
+	redistest.Eventually(t, 20*time.Second, func() bool { return rc.distinct() == 3 }, "%d of 3 lost entries pushed", rc.distinct())
+	redistest.Eventually(t, 5*time.Second, func() bool { return pendingCount(t, rs, subject, "lost") == 0 }, "entries left pending")
+	t.Logf("pushed %s after the drop", time.Since(dropped))
 }

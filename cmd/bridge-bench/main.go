@@ -93,15 +93,25 @@ func parseFlags() options {
 	idle := flag.String("idle-subs", "1000,10000", "comma-separated numbers of idle subscriptions to measure (bridge only); empty skips")
 	flag.IntVar(&o.fanout, "fanout", 100, "subscriptions on one subject in the fan-out phase (bridge only); 0 skips the push-rate phases")
 	flag.BoolVar(&o.scaleOnly, "scale-only", false, "run only the scale phases (idle subscriptions, fan-out, spread)")
-	flag.Func("bridge-env", "KEY=VALUE added to every bridge the benchmark starts (repeatable), e.g. BRIDGE_PPROF_LISTEN=127.0.0.1:6060", func(v string) error {
-		if !strings.HasPrefix(v, "BRIDGE_") || !strings.Contains(v, "=") {
-			return fmt.Errorf("want BRIDGE_NAME=value")
+	flag.StringVar(&benchFilter, "filter", "", "a CEL filter set on the bridge's benchmark subscriptions (it should match every message, e.g. 'subject.startsWith(\"bench\")'), to measure its cost")
+	flag.BoolVar(&benchOTLP, "otlp", false, "export the bridge's traces to an OTLP sink the benchmark runs (discarding), to measure tracing's cost")
+	flag.Func("bridge-env", "KEY=VALUE added to every bridge the benchmark starts (repeatable), e.g. BRIDGE_PPROF_LISTEN=127.0.0.1:6060 or OTEL_BSP_MAX_QUEUE_SIZE=8192", func(v string) error {
+		if !(strings.HasPrefix(v, "BRIDGE_") || strings.HasPrefix(v, "OTEL_")) || !strings.Contains(v, "=") {
+			return fmt.Errorf("want BRIDGE_NAME=value or OTEL_NAME=value")
 		}
 		extraBridgeEnv = append(extraBridgeEnv, v)
 		return nil
 	})
 	flag.BoolVar(&o.json, "json", false, "also print the results as JSON")
 	flag.Parse()
+	if benchOTLP {
+		stop, err := startOTLPSink()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bridge-bench: OTLP sink:", err)
+			os.Exit(1)
+		}
+		defer stop()
+	}
 	for _, f := range strings.Split(*idle, ",") {
 		if f = strings.TrimSpace(f); f == "" {
 			continue
@@ -550,9 +560,9 @@ func (b *bench) phaseE2E(ctx context.Context) (*e2eResult, error) {
 	defer rcv.close()
 
 	putAt := time.Now()
-	if err := a.putSubscription(ctx, name, map[string]any{
+	if err := a.putSubscription(ctx, name, withFilter(b, map[string]any{
 		"subject": subject, "url": rcv.url, "max_in_flight": o.maxInFlight, "timeout": "10s",
-	}); err != nil {
+	})); err != nil {
 		return nil, err
 	}
 	r := &e2eResult{}
@@ -611,10 +621,10 @@ func (b *bench) phaseDrain(ctx context.Context) (*drainResult, error) {
 	}
 	defer rcv.close()
 
-	if err := a.putSubscription(ctx, name, map[string]any{
+	if err := a.putSubscription(ctx, name, withFilter(b, map[string]any{
 		"subject": subject, "url": rcv.url, "max_in_flight": o.maxInFlight, "timeout": "10s",
 		"start": "beginning", "paused": true,
-	}); err != nil {
+	})); err != nil {
 		return nil, err
 	}
 	r := &drainResult{}

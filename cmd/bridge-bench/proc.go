@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -413,4 +414,36 @@ func (w cpuWindow) stop() map[string]float64 {
 		}
 	}
 	return out
+}
+
+// Optional costs the benchmark can switch on in the bridge (flags -filter and -otlp).
+var (
+	benchFilter string
+	benchOTLP   bool
+)
+
+// withFilter adds the -filter expression to a bridge subscription (the minimal reference
+// has no filters; its subscriptions are left alone).
+func withFilter(b *bench, body map[string]any) map[string]any {
+	if benchFilter != "" && b.bridgeHeaders {
+		body["filter"] = benchFilter
+	}
+	return body
+}
+
+// startOTLPSink runs an OTLP/HTTP trace endpoint on 127.0.0.1 that reads and discards
+// what it is sent, and points every bridge the benchmark starts at it.
+func startOTLPSink() (stop func(), err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/x-protobuf")
+		w.WriteHeader(http.StatusOK)
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	extraBridgeEnv = append(extraBridgeEnv, "OTEL_EXPORTER_OTLP_ENDPOINT=http://"+ln.Addr().String())
+	return func() { _ = srv.Close() }, nil
 }

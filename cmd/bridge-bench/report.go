@@ -157,6 +157,12 @@ func printTable(w io.Writer, r *results) {
 	p("")
 	p("bridge-bench  duration=%s conns=%d size=%dB max_in_flight=%d drain=%d cpus=%d only=%s",
 		r.Options.Duration, r.Options.Conns, r.Options.Size, r.Options.MaxInFlight, r.Options.DrainN, r.Options.CPUs, r.Options.Only)
+	if benchFilter != "" {
+		p("bridge subscriptions filtered by: %s", benchFilter)
+	}
+	if benchOTLP {
+		p("bridge exports traces (OTLP/HTTP to a local sink)")
+	}
 	if r.LoadAvg.Start != "" {
 		p("load average at start: %s", r.LoadAvg.Start)
 	}

@@ -24,8 +24,10 @@ import (
 	"github.com/bridge-dev/bridge/internal/netguard"
 	"github.com/bridge-dev/bridge/internal/registry"
 	"github.com/bridge-dev/bridge/internal/retention"
+	"github.com/bridge-dev/bridge/internal/schedules"
 	"github.com/bridge-dev/bridge/internal/sealer"
 	"github.com/bridge-dev/bridge/internal/subsfile"
+	"github.com/bridge-dev/bridge/internal/tracing"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -62,6 +64,22 @@ func run(ctx context.Context, environ []string) error {
 		return err
 	}
 	defer func() { _ = log.Sync() }()
+
+	// OpenTelemetry: only when OTEL_EXPORTER_OTLP_ENDPOINT (or _TRACES_ENDPOINT) is set.
+	stopTracing, err := tracing.Setup(ctx, "1")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		flushCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := stopTracing(flushCtx); err != nil {
+			log.Warn("could not flush traces", zap.Error(err))
+		}
+	}()
+	if tracing.Enabled() {
+		log.Info("exporting OpenTelemetry traces (OTLP over HTTP)")
+	}
 
 	conn, err := broker.Connect(broker.ConnOptions{
 		URL: cfg.RedisURL, Username: cfg.RedisUsername, Password: cfg.RedisPassword,
@@ -129,6 +147,19 @@ func run(ctx context.Context, environ []string) error {
 	if err != nil {
 		return err
 	}
+	// Messages written by a publish or a schedule's tick wake their subscriptions at once.
+	published := func(subject string, t core.Transport) {
+		if t == core.TransportStream {
+			trimmer.Touch(subject)
+		}
+		if t != core.TransportPubSub {
+			engine.Published(subject)
+		}
+	}
+	ticker := schedules.New(b, schedules.Options{
+		Logger:    log.Named("schedules"),
+		Published: func(subject string) { published(subject, core.TransportStream) },
+	})
 	handler := httpapi.NewHandler(b, reg, engine, httpapi.Options{
 		Tokens:            tokens,
 		MaxBody:           int64(cfg.MaxBody),
@@ -137,15 +168,8 @@ func run(ctx context.Context, environ []string) error {
 		OpenAPI:           api.OpenAPI,
 		Metrics:           mx,
 		MetricsHandler:    mx.Handler(),
-		Published: func(subject string, t core.Transport) {
-			if t == core.TransportStream {
-				trimmer.Touch(subject)
-			}
-			if t != core.TransportPubSub {
-				engine.Published(subject)
-			}
-		},
-		Logger: log.Named("http"),
+		Published:         published,
+		Logger:            log.Named("http"),
 	})
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -169,6 +193,7 @@ func run(ctx context.Context, environ []string) error {
 	}
 	engine.Start()
 	trimmer.Start()
+	ticker.Start()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info("bridge listening", zap.String("addr", ln.Addr().String()))
@@ -197,6 +222,7 @@ wait:
 	if err := srv.Shutdown(graceCtx); err != nil {
 		log.Warn("http shutdown incomplete", zap.Error(err))
 	}
+	ticker.Stop()  // a tick cut short is published whole or not at all, and fired by another process
 	trimmer.Stop() // cancels a pass in progress; trimming is never urgent
 	if err := engine.Shutdown(graceCtx); err != nil {
 		log.Warn("grace period over; unfinished pushes stay pending and will be reclaimed", zap.Error(err))

@@ -211,6 +211,7 @@ func TestParseMessageID(t *testing.T) {
 		{"jobs:l1732420000000-9f86d081", "jobs", kindList, 1732420000000, true},
 		{"chat:p1732420000000-9f86d081", "chat", kindPubSub, 1732420000000, true},
 		{"orders:s1732420000000-9f86d081", "orders", kindScheduled, 1732420000000, true},
+		{"orders~eu:c1732420000000-9f86d081a2b3", "orders.eu", kindTick, 1732420000000, true},
 		{"jobs:xabc123", "jobs", kindForeign, 0, true},
 		{"orders:1-", "", 0, 0, false},
 		{"orders:-1", "", 0, 0, false},

@@ -1,5 +1,7 @@
 package broker
 
+import "strconv"
+
 // Key layout. The subject is the stream key itself (ruststream-fred interop). Every other
 // key of a subject carries "{subject}" as its hash tag; a key without braces hashes as a
 // whole, so "orders" and "bridge:{orders}:…" share a cluster slot and scripts touching
@@ -85,3 +87,19 @@ const ChangesChannel = "bridge:subscriptions:changed"
 // WakeChannel carries the subject of new messages a bridge process published, so the
 // others read it at once instead of at their next sweep.
 const WakeChannel = "bridge:wake"
+
+// Schedules (SPEC §11) live in one hash like subscriptions, name -> JSON, with a
+// "_version" field bumped by every change so processes poll one small value.
+const schedulesKey = "bridge:schedules"
+
+// tickKey marks one tick of a schedule as published, in its subject's slot so the fire
+// script checks it and appends to the stream atomically. It expires after tickMarkerTTL.
+func tickKey(subject, schedule string, tickMs int64) string {
+	return "bridge:{" + subject + "}:tick:" + schedule + ":" + strconv.FormatInt(tickMs, 10)
+}
+
+// lastTickKey holds the unix ms of the latest tick of a schedule that was published to
+// subject, written by the same script as the message.
+func lastTickKey(subject, schedule string) string {
+	return "bridge:{" + subject + "}:last-tick:" + schedule
+}

@@ -15,7 +15,8 @@ import (
 
 // A message id tells where its message lives (see core.MessageID and newMessageID):
 // "<subject>:<entry id>" on a stream, "<subject>:l<ms>-<hex>" on a list, "p…" on Pub/Sub,
-// "s<due ms>-<hex>" for a scheduled publish, "x<hash>" for a value another producer pushed.
+// "s<due ms>-<hex>" for a scheduled publish, "c<tick ms>-<hex>" for a schedule's tick (see
+// ScheduleMessageID), "x<hash>" for a value another producer pushed.
 type idKind byte
 
 const (
@@ -23,6 +24,7 @@ const (
 	kindList      idKind = 'l'
 	kindPubSub    idKind = 'p'
 	kindScheduled idKind = 's'
+	kindTick      idKind = 'c'
 	kindForeign   idKind = 'x'
 )
 
@@ -43,7 +45,7 @@ func parseMessageID(id string) (subject string, kind idKind, at time.Time, ok bo
 			return "", 0, time.Time{}, false
 		}
 		kind = kindStream
-	case strings.ContainsRune("lps", rune(rest[0])):
+	case strings.ContainsRune("lpsc", rune(rest[0])):
 		msPart = msPart[1:]
 		if !found || !digits(msPart) {
 			return "", 0, time.Time{}, false
@@ -185,6 +187,12 @@ func (b *Broker) LookupMessage(ctx context.Context, id string, subs []*core.Subs
 				return v, false, fmt.Errorf("lookup %s: %w", id, err)
 			}
 		}
+	case kindTick:
+		// Appended at or after its tick, by whichever process fired it first.
+		var err error
+		if entryID, err = b.findEntry(ctx, subject, strconv.FormatInt(at.UnixMilli(), 10), idField, id, findEntryLimit); err != nil {
+			return v, false, fmt.Errorf("lookup %s: %w", id, err)
+		}
 	}
 	inStream := false
 	if entryID != "" {
@@ -195,7 +203,7 @@ func (b *Broker) LookupMessage(ctx context.Context, id string, subs []*core.Subs
 		if ok {
 			inStream = true
 			b.setBody(&v, subject, e)
-			if kind == kindScheduled {
+			if kind == kindScheduled || kind == kindTick {
 				v.PublishedAt = entryTime(e.ID)
 			}
 		}

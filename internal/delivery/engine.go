@@ -126,6 +126,9 @@ type Engine struct {
 
 	// changes are announced registry changes waiting for the watcher.
 	changes chan registryChange
+	// troubled is set when a Redis call of the delivery work failed: the next fleet watch
+	// schedules a check of every subscription (see watchFleet).
+	troubled atomic.Bool
 
 	mu   sync.Mutex
 	subs map[string]*sub
@@ -335,6 +338,7 @@ func (e *Engine) control() {
 			return
 		}
 		errs.log(e.log, "lost the bridge's Pub/Sub channels; resubscribing", err)
+		e.troubled.Store(true)
 		select {
 		case e.changed <- struct{}{}: // anything announced meanwhile
 		default:
@@ -365,7 +369,17 @@ func (e *Engine) sweep() {
 		e.mu.Lock()
 		var streams, lists, checks []*sub
 		for _, r := range e.subs {
-			if r.running.Load() || r.isStopped() {
+			if r.isStopped() {
+				continue
+			}
+			if r.running.Load() {
+				// A busy subscription does its own checks: it only needs telling.
+				if r.cfg.Transport != core.TransportPubSub && !now.Before(r.nextCheck) {
+					r.nextCheck = now.Add(e.opts.CheckInterval)
+					r.staleDue.Store(true)
+					r.retryDue.Store(true)
+					r.kick()
+				}
 				continue
 			}
 			switch r.cfg.Transport {
@@ -503,9 +517,18 @@ func (e *Engine) watchFleet() {
 	procs, err := e.b.Processes(ctx)
 	cancel()
 	if err != nil {
+		e.troubled.Store(true)
 		return
 	}
 	now := time.Now()
+	if e.troubled.Swap(false) {
+		// Redis failed some call since the last look (a restart, a failover, a dropped
+		// connection): a read whose reply was lost left entries pending with this very
+		// process, an ack that never arrived left them pending too. Nothing announces
+		// them: check every subscription once they can be reclaimed.
+		e.log.Info("Redis was unreachable; unsettled work is checked after the visibility timeout")
+		e.checkAllLater(now)
+	}
 	alive := make(map[string]bool, len(procs))
 	for name, p := range procs {
 		if name != e.consumer && now.Sub(p.At) <= processFresh {
@@ -532,13 +555,19 @@ func (e *Engine) watchFleet() {
 		return
 	}
 	e.log.Info("a bridge process stopped reporting; its unsettled work is taken over after the visibility timeout", zap.Int("processes", gone))
+	e.checkAllLater(now)
+}
+
+// checkAllLater schedules every subscription's idle check for when work left unsettled
+// now can be reclaimed: one visibility timeout (and a second) from now.
+func (e *Engine) checkAllLater(now time.Time) {
 	e.mu.Lock()
+	defer e.mu.Unlock()
 	for _, r := range e.subs {
 		if at := now.Add(time.Duration(r.cfg.VisibilityTimeout) + time.Second); at.Before(r.nextCheck) {
 			r.nextCheck = at
 		}
 	}
-	e.mu.Unlock()
 }
 
 // Poke tells the engine that a subscription may have work nothing announced (a seek moved
@@ -686,6 +715,9 @@ func (e *Engine) report() {
 	ctx, cancel := e.redisCtx(settleTimeout)
 	defer cancel()
 	if err := e.b.ReportProcess(ctx, e.consumer, e.applied.Load()); err != nil {
+		// A write, never retried by the client: the surest sign, once a second, that Redis
+		// was unreachable.
+		e.troubled.Store(true)
 		e.log.Debug("could not report this process", zap.Error(err))
 	}
 }
@@ -1066,6 +1098,7 @@ func (e *Engine) moveScheduled() {
 		mv, err := e.b.MoveDueScheduled(ctx, time.Now(), 256)
 		cancel()
 		if err != nil {
+			e.troubled.Store(true)
 			errs.log(e.log, "moving scheduled messages failed; retrying", err)
 		} else {
 			errs.ok(e.log, "moving scheduled messages again")

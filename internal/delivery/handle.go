@@ -145,11 +145,6 @@ func (r *sub) filtered(cfg *core.Subscription, m *core.Message) result {
 	r.e.metrics.Filtered(cfg.Name)
 	st := core.Settlement{Sub: r.cfg, Origin: m.Origin, Handle: settleHandle(m), ID: m.ID, Queue: m.Queue,
 		Attempt: r.attempt(m, pushResult{}, core.OutcomeFiltered)}
-	if m.Deferred {
-		// A deferred message whose filter changed meanwhile: its deadline passing settles
-		// nothing; it goes the way of any other failed attempt.
-		return r.deadlinePassed(cfg, m)
-	}
 	switch {
 	case m.Origin == core.Unsettled:
 		if st.Attempt == nil {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"syscall"
@@ -17,6 +18,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/bridge-dev/bridge/internal/core"
+	"github.com/bridge-dev/bridge/internal/tracing"
 )
 
 // maxResponseRead is how much of a webhook's answer is read (SPEC §5); the rest is discarded.
@@ -129,6 +131,11 @@ func (r *sub) push(abortCtx context.Context, s *core.Subscription, m *core.Messa
 		}
 	}
 
+	if tracing.Enabled() {
+		span := tracing.StartPush(m.Headers, m.Subject, s.Name, m.ID, redactURL(s.URL), m.Deliveries,
+			func(k, v string) { h[canonical(k)] = []string{v} })
+		defer func() { span.EndPush(res.status, res.errText) }()
+	}
 	resp, err := r.e.client.Do(req)
 	res.latency = time.Since(now)
 	if err != nil {
@@ -210,6 +217,17 @@ func printable(b []byte) string {
 		s = s[:maxErrorText]
 	}
 	return s
+}
+
+// redactURL is a webhook URL as traces may show it: no credentials, no query (either can
+// hold a secret).
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	u.User, u.RawQuery, u.Fragment = nil, "", ""
+	return u.String()
 }
 
 // newLeaseToken is a push's lease token: 128 random bits, so no handler can guess another

@@ -78,6 +78,7 @@ func (s *settler) flush(batch []core.Settlement) {
 		if err == nil {
 			return
 		}
+		s.e.troubled.Store(true)
 		if time.Now().After(deadline) || s.e.abortCtx.Err() != nil {
 			s.e.log.Warn("could not acknowledge; these messages will be delivered again after the visibility timeout",
 				zap.Int("count", len(batch)), zap.Error(err))

@@ -375,6 +375,7 @@ func (r *sub) retryLooked(next time.Time) {
 
 // failed logs a failed round (throttled) and looks again in a second.
 func (r *sub) failed(what string, err error) {
+	r.e.troubled.Store(true)
 	r.errs.log(r.log, "reading "+what+" failed; retrying", err)
 	r.after(&r.errT, time.Second, r.kick)
 }

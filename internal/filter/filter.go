@@ -15,6 +15,7 @@ import (
 	"cel.dev/cel-go/cel"
 	"cel.dev/cel-go/common/cost"
 	"cel.dev/cel-go/common/types"
+	"cel.dev/cel-go/interpreter"
 )
 
 // Bounds of a filter.
@@ -104,17 +105,7 @@ func position(msg string) string {
 // Match reports whether m passes the filter. An expression that fails on m (a missing
 // key, a wrong type: use has() for optional fields) does not match; err says why.
 func (p *Program) Match(m Message) (bool, error) {
-	headers := m.Headers
-	if headers == nil {
-		headers = map[string]string{}
-	}
-	vars := map[string]any{
-		"subject":       m.Subject,
-		"headers":       headers,
-		"partition_key": m.PartitionKey,
-		"body":          parseBody(m.Body, m.ContentType),
-	}
-	out, _, err := p.prg.Eval(vars)
+	out, _, err := p.prg.Eval(&activation{m: &m})
 	if err != nil {
 		return false, err
 	}
@@ -127,6 +118,38 @@ func (p *Program) Match(m Message) (bool, error) {
 
 // String is the expression.
 func (p *Program) String() string { return p.expr }
+
+// activation gives a filter its variables, parsing the body only if the filter reads it
+// (a filter on headers never pays for JSON).
+type activation struct {
+	m      *Message
+	body   any
+	parsed bool
+}
+
+var noHeaders = map[string]string{}
+
+func (a *activation) ResolveName(name string) (any, bool) {
+	switch name {
+	case "subject":
+		return a.m.Subject, true
+	case "headers":
+		if a.m.Headers == nil {
+			return noHeaders, true
+		}
+		return a.m.Headers, true
+	case "partition_key":
+		return a.m.PartitionKey, true
+	case "body":
+		if !a.parsed {
+			a.body, a.parsed = parseBody(a.m.Body, a.m.ContentType), true
+		}
+		return a.body, true
+	}
+	return nil, false
+}
+
+func (a *activation) Parent() interpreter.Activation { return nil }
 
 // parseBody is the body as a filter sees it: parsed JSON when the content type says JSON
 // (application/json, or any +json), else null.

@@ -171,6 +171,9 @@ func TestBadRequestsWriteNothing(t *testing.T) {
 	sub := func(extra string) string {
 		return `{"subject":"orders","url":"http://127.0.0.1:9/"` + extra + `}`
 	}
+	sched := func(extra string) string {
+		return `{"cron":"*/5 * * * *","subject":"orders","data":{"a":1}` + extra + `}`
+	}
 	cases := []call{
 		{name: "subject with space", method: "POST", path: "/v1/subjects/a%20b/messages", body: "x", status: 400, code: "invalid_subject"},
 		{name: "subject with brace", method: "POST", path: "/v1/subjects/%7Bx%7D/messages", body: "x", status: 400, code: "invalid_subject"},
@@ -251,6 +254,39 @@ func TestBadRequestsWriteNothing(t *testing.T) {
 		{name: "dead letters bad limit", method: "GET", path: "/v1/subscriptions/existing/dead-letters?limit=0", status: 400, code: "invalid_query"},
 		{name: "dead letters bad after", method: "GET", path: "/v1/subscriptions/existing/dead-letters?after=abc", status: 400, code: "invalid_query"},
 		{name: "replay bad json", method: "POST", path: "/v1/subscriptions/existing/dead-letters/replay", body: `{"ids":"x"}`, status: 400, code: "invalid_json"},
+		{name: "schedule bad name", method: "PUT", path: "/v1/schedules/-x", body: sched(""), status: 400, code: "invalid_name"},
+		{name: "schedule bridge name", method: "PUT", path: "/v1/schedules/bridge:schedules", body: sched(""), status: 400, code: "invalid_name"},
+		{name: "schedule bad cron", method: "PUT", path: "/v1/schedules/s", body: `{"cron":"every day","subject":"orders","data":1}`, status: 400, code: "invalid_schedule"},
+		{name: "schedule six fields", method: "PUT", path: "/v1/schedules/s", body: `{"cron":"0 * * * * *","subject":"orders","data":1}`, status: 400, code: "invalid_schedule"},
+		{name: "schedule minute out of range", method: "PUT", path: "/v1/schedules/s", body: `{"cron":"61 * * * *","subject":"orders","data":1}`, status: 400, code: "invalid_schedule"},
+		{name: "schedule every below a second", method: "PUT", path: "/v1/schedules/s", body: `{"cron":"@every 500ms","subject":"orders","data":1}`, status: 400, code: "invalid_schedule"},
+		{name: "schedule zone in the cron", method: "PUT", path: "/v1/schedules/s", body: `{"cron":"TZ=UTC","subject":"orders","data":1}`, status: 400, code: "invalid_schedule"},
+		{name: "schedule never ticks", method: "PUT", path: "/v1/schedules/s", body: `{"cron":"0 0 30 2 *","subject":"orders","data":1}`, status: 400, code: "invalid_schedule"},
+		{name: "schedule missing cron", method: "PUT", path: "/v1/schedules/s", body: `{"subject":"orders","data":1}`, status: 400, code: "invalid_schedule"},
+		{name: "schedule unknown zone", method: "PUT", path: "/v1/schedules/s", body: sched(`,"timezone":"Mars/Olympus"`), status: 400, code: "invalid_schedule"},
+		{name: "schedule local zone", method: "PUT", path: "/v1/schedules/s", body: sched(`,"timezone":"Local"`), status: 400, code: "invalid_schedule"},
+		{name: "schedule bad subject", method: "PUT", path: "/v1/schedules/s", body: `{"cron":"@hourly","subject":"a b","data":1}`, status: 400, code: "invalid_subject"},
+		{name: "schedule bridge subject", method: "PUT", path: "/v1/schedules/s", body: `{"cron":"@hourly","subject":"bridge:schedules","data":1}`, status: 400, code: "invalid_subject"},
+		{name: "schedule missing subject", method: "PUT", path: "/v1/schedules/s", body: `{"cron":"@hourly","data":1}`, status: 400, code: "invalid_subject"},
+		{name: "schedule data and base64", method: "PUT", path: "/v1/schedules/s", body: sched(`,"data_base64":"AA=="`), status: 400, code: "invalid_schedule"},
+		{name: "schedule no data", method: "PUT", path: "/v1/schedules/s", body: `{"cron":"@hourly","subject":"orders"}`, status: 400, code: "invalid_schedule"},
+		{name: "schedule null data", method: "PUT", path: "/v1/schedules/s", body: `{"cron":"@hourly","subject":"orders","data":null}`, status: 400, code: "invalid_schedule"},
+		{name: "schedule bad base64", method: "PUT", path: "/v1/schedules/s", body: `{"cron":"@hourly","subject":"orders","data_base64":"%%%"}`, status: 400, code: "invalid_schedule"},
+		{name: "schedule data over max body", method: "PUT", path: "/v1/schedules/s", body: `{"cron":"@hourly","subject":"orders","data":"` + strings.Repeat("x", 1100) + `"}`, status: 413, code: "payload_too_large"},
+		{name: "schedule base64 over max body", method: "PUT", path: "/v1/schedules/s", body: `{"cron":"@hourly","subject":"orders","data_base64":"` + strings.Repeat("A", 1400) + `"}`, status: 413, code: "payload_too_large"},
+		{name: "schedule request over the limit", method: "PUT", path: "/v1/schedules/s", body: `{"cron":"@hourly","subject":"orders","data":"` + strings.Repeat("x", 70<<10) + `"}`, status: 413, code: "payload_too_large"},
+		{name: "schedule reserved header", method: "PUT", path: "/v1/schedules/s", body: sched(`,"headers":{"Bridge-Schedule":"x"}`), status: 400, code: "invalid_schedule"},
+		{name: "schedule host header", method: "PUT", path: "/v1/schedules/s", body: sched(`,"headers":{"Host":"x"}`), status: 400, code: "invalid_schedule"},
+		{name: "schedule header CRLF", method: "PUT", path: "/v1/schedules/s", body: sched(`,"headers":{"X-A":"a\r\nX-B: b"}`), status: 400, code: "invalid_schedule"},
+		{name: "schedule bad content type", method: "PUT", path: "/v1/schedules/s", body: sched(`,"content_type":"a\nb"`), status: 400, code: "invalid_schedule"},
+		{name: "schedule unknown field", method: "PUT", path: "/v1/schedules/s", body: sched(`,"every":"day"`), status: 400, code: "invalid_json"},
+		{name: "schedule trailing text", method: "PUT", path: "/v1/schedules/s", body: sched("") + " x", status: 400, code: "invalid_json"},
+		{name: "schedule on a string key", method: "PUT", path: "/v1/schedules/s", body: `{"cron":"@hourly","subject":"plain-string","data":1}`, status: 409, code: "wrong_type"},
+		{name: "schedule get missing", method: "GET", path: "/v1/schedules/nope", status: 404, code: "not_found"},
+		{name: "schedule delete missing", method: "DELETE", path: "/v1/schedules/nope", status: 404, code: "not_found"},
+		{name: "schedule pause missing", method: "POST", path: "/v1/schedules/nope/pause", status: 404, code: "not_found"},
+		{name: "schedule resume missing", method: "POST", path: "/v1/schedules/nope/resume", status: 404, code: "not_found"},
+		{name: "schedule get bad name", method: "GET", path: "/v1/schedules/-x", status: 400, code: "invalid_name"},
 		{name: "unknown route", method: "GET", path: "/v2/whatever", status: 404, code: "not_found"},
 		{name: "wrong method", method: "PATCH", path: "/v1/subscriptions/existing", status: 405, code: "method_not_allowed"},
 	}
@@ -306,6 +342,17 @@ func TestSuccessfulResponsesMatchDocument(t *testing.T) {
 		{name: "delete", method: "DELETE", path: "/v1/subscriptions/s1", status: 204},
 		{name: "delete list", method: "DELETE", path: "/v1/subscriptions/l1", status: 204},
 		{name: "delete pubsub", method: "DELETE", path: "/v1/subscriptions/p1", status: 204},
+		{name: "create schedule", method: "PUT", path: "/v1/schedules/nightly", body: `{"cron":"0 9 * * *","timezone":"America/New_York","subject":"reports.daily","data":{"report":"sales"},"headers":{"X-Kind":"nightly"}}`, status: 201},
+		{name: "schedule unchanged", method: "PUT", path: "/v1/schedules/nightly", body: `{"cron":"0 9 * * *","timezone":"America/New_York","subject":"reports.daily","data":{"report":"sales"},"headers":{"X-Kind":"nightly"}}`, status: 200},
+		{name: "replace schedule", method: "PUT", path: "/v1/schedules/nightly", body: `{"cron":"@every 30s","subject":"reports.daily","data_base64":"AAE=","content_type":"application/x-thing"}`, status: 200},
+		{name: "create paused schedule", method: "PUT", path: "/v1/schedules/hourly", body: `{"cron":"@hourly","subject":"reports","data":"tick","paused":true}`, status: 201},
+		{name: "get schedule", method: "GET", path: "/v1/schedules/nightly", status: 200},
+		{name: "list schedules", method: "GET", path: "/v1/schedules", status: 200},
+		{name: "pause schedule", method: "POST", path: "/v1/schedules/nightly/pause", status: 200},
+		{name: "pause schedule again", method: "POST", path: "/v1/schedules/nightly/pause", status: 200},
+		{name: "resume schedule", method: "POST", path: "/v1/schedules/nightly/resume", status: 200},
+		{name: "delete schedule", method: "DELETE", path: "/v1/schedules/nightly", status: 204},
+		{name: "delete paused schedule", method: "DELETE", path: "/v1/schedules/hourly", status: 204},
 	} {
 		raw := c.do(t, srv, router)
 		if c.name == "list" || c.name == "get" || c.name == "pause" {

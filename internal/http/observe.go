@@ -224,6 +224,9 @@ type extendInput struct {
 	Deadline core.Duration `json:"deadline"`
 }
 
+// deferralGrace is how long a settlement waits for a deferral still being recorded.
+const deferralGrace = time.Second
+
 // maxLeaseToken bounds the Bridge-Lease-Token header (the bridge's are 22 characters).
 const maxLeaseToken = 128
 
@@ -287,7 +290,20 @@ func (a *api) settleDeferred(w http.ResponseWriter, r *http.Request) {
 	sum := sha256.Sum256([]byte(token))
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
-	err := a.b.SettleDeferred(ctx, s, id, hex.EncodeToString(sum[:]), a.e.Consumer(), act)
+	hash := hex.EncodeToString(sum[:])
+	err := a.b.SettleDeferred(ctx, s, id, hash, a.e.Consumer(), act)
+	// A handler may call back before the bridge has finished recording its deferral (the
+	// 202 reached it first): give that a moment before answering that nothing is deferred.
+	for wait := time.Now().Add(deferralGrace); errors.Is(err, core.ErrSettled) && time.Now().Before(wait); {
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		err = a.b.SettleDeferred(ctx, s, id, hash, a.e.Consumer(), act)
+	}
 	switch {
 	case errors.Is(err, core.ErrLeaseToken):
 		writeProblem(w, "invalid_lease_token", "this token is not the lease of this message's current delivery")

@@ -17,6 +17,7 @@ var problems = map[string]problemKind{
 	"invalid_name":          {http.StatusBadRequest, "Invalid subscription name"},
 	"invalid_json":          {http.StatusBadRequest, "Invalid JSON body"},
 	"invalid_subscription":  {http.StatusBadRequest, "Invalid subscription"},
+	"invalid_schedule":      {http.StatusBadRequest, "Invalid schedule"},
 	"invalid_url":           {http.StatusBadRequest, "Invalid webhook URL"},
 	"target_not_allowed":    {http.StatusBadRequest, "Webhook target not allowed"},
 	"invalid_secret":        {http.StatusBadRequest, "Invalid signing secret"},

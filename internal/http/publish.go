@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/bridge-dev/bridge/internal/core"
+	"github.com/bridge-dev/bridge/internal/tracing"
 	"golang.org/x/net/http/httpguts"
 )
 
@@ -101,8 +102,12 @@ func (a *api) publish(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
+	// With tracing on, the message carries its publish span's traceparent (its pushes
+	// join that trace); off, this costs one atomic load.
+	span := tracing.StartPublish(r.Context(), r.Header.Get("Traceparent"), r.Header.Get("Tracestate"), subject, string(t.transport), headers)
 	if t.transport != core.TransportStream {
 		if out.IdempotencyKey != "" || !out.NotBefore.IsZero() {
+			span.End(nil)
 			writeProblem(w, "unsupported_transport", "Idempotency-Key, Bridge-Delay and Bridge-Not-Before work with the stream transport")
 			return
 		}
@@ -115,6 +120,8 @@ func (a *api) publish(w http.ResponseWriter, r *http.Request) {
 			resp.ID, n, err = a.b.PublishPubSub(ctx, subject, out.Body, headers, t.sharded)
 			resp.Receivers = &n
 		}
+		span.Message(resp.ID)
+		span.End(err)
 		if err != nil {
 			a.fail(w, r, err)
 			return
@@ -127,6 +134,8 @@ func (a *api) publish(w http.ResponseWriter, r *http.Request) {
 	if out.IdempotencyKey == "" && out.NotBefore.IsZero() {
 		// The common case: one XADD, no script.
 		id, err := a.b.Publish(ctx, subject, out.Body, headers)
+		span.Message(id)
+		span.End(err)
 		if err != nil {
 			a.fail(w, r, err)
 			return
@@ -137,6 +146,8 @@ func (a *api) publish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res := a.b.PublishMany(ctx, subject, []core.Outgoing{out}, a.opts.IdempotencyWindow)[0]
+	span.Message(res.ID)
+	span.End(res.Err)
 	if res.Err != nil {
 		a.fail(w, r, res.Err)
 		return
@@ -345,6 +356,12 @@ func (a *api) publishBatch(w http.ResponseWriter, r *http.Request) {
 	if len(outs) > 0 {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*requestTimeout)
 		defer cancel()
+		// One span for the batch; every message of it joins the batch's trace.
+		span := tracing.StartPublish(r.Context(), r.Header.Get("Traceparent"), r.Header.Get("Tracestate"), subject, "stream", nil)
+		for i := range outs {
+			span.Inject(outs[i].Headers)
+		}
+		defer span.End(nil)
 		written := 0
 		for j, res := range a.b.PublishMany(ctx, subject, outs, a.opts.IdempotencyWindow) {
 			i := index[j]

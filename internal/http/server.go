@@ -42,6 +42,11 @@ type Broker interface {
 	SubscriptionStats(ctx context.Context, s *core.Subscription) (core.GroupStats, error)
 	Seek(ctx context.Context, s *core.Subscription, to string, at time.Time) error
 	PurgeDeadLetters(ctx context.Context, s *core.Subscription) (int64, error)
+	PutSchedule(ctx context.Context, s *core.Schedule) (replaced bool, err error)
+	GetSchedule(ctx context.Context, name string) (*core.Schedule, error)
+	ListSchedules(ctx context.Context) ([]*core.Schedule, int64, error)
+	DeleteSchedule(ctx context.Context, name string) error
+	ScheduleLastRuns(ctx context.Context, scheds []*core.Schedule) (map[string]time.Time, error)
 }
 
 // Registry applies subscription changes. *registry.Registry implements it.
@@ -204,6 +209,16 @@ func (a *api) authenticated(r chi.Router) {
 			r.With(read).Get("/dead-letters/{id}", a.deadLetter)
 			r.With(dlq).Delete("/dead-letters", a.purgeDeadLetters)
 			r.With(dlq).Post("/dead-letters/replay", a.replay)
+		})
+		sread := a.require(auth.ActionSchedulesRead)
+		swrite := a.require(auth.ActionSchedulesWrite)
+		r.With(sread).Get("/schedules", a.listSchedules)
+		r.Route("/schedules/{name}", func(r chi.Router) {
+			r.With(swrite).Put("/", a.putSchedule)
+			r.With(sread).Get("/", a.getSchedule)
+			r.With(swrite).Delete("/", a.deleteSchedule)
+			r.With(swrite).Post("/pause", a.pauseSchedule)
+			r.With(swrite).Post("/resume", a.resumeSchedule)
 		})
 	}
 }
