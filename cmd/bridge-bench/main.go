@@ -87,7 +87,7 @@ func parseFlags() options {
 	flag.IntVar(&o.size, "size", 256, "message body size in bytes (at least 16)")
 	flag.IntVar(&o.maxInFlight, "max-in-flight", 256, "max_in_flight of the benchmark subscriptions")
 	flag.IntVar(&o.drainN, "drain-n", 100000, "messages in the drain phase's backlog")
-	flag.IntVar(&o.rounds, "rounds", 2, "rounds per server, alternating which server goes first; the best round of each is reported")
+	flag.IntVar(&o.rounds, "rounds", 3, "rounds per server, alternating which server goes first; the best round of each is reported, and every round with the medians")
 	flag.StringVar(&o.only, "only", "both", "servers to measure: bridge, minimal (the in-run reference implementation) or both")
 	flag.IntVar(&o.soakN, "soak-n", 500000, "messages in the soak (bridge only, short retention; Redis memory must come back down); 0 skips it")
 	idle := flag.String("idle-subs", "1000,10000", "comma-separated numbers of idle subscriptions to measure (bridge only); empty skips")
@@ -174,6 +174,9 @@ type results struct {
 	// client, one after the other on the same Redis (flushed in between).
 	Bridge  *serverResult `json:"bridge,omitempty"`
 	Minimal *serverResult `json:"minimal,omitempty"`
+	// BridgeRounds and MinimalRounds are every round, in order, for the medians.
+	BridgeRounds  []*serverResult `json:"bridge_rounds,omitempty"`
+	MinimalRounds []*serverResult `json:"minimal_rounds,omitempty"`
 	// Soak is the bridge's retention soak (-soak-n).
 	Soak *soakResult `json:"soak,omitempty"`
 	// Scale holds the idle-subscription and push-rate phases (bridge only).
@@ -394,6 +397,9 @@ func run(ctx context.Context, o options) (res *results, err error) {
 			best := &res.Minimal
 			if t.name == "bridge" {
 				best = &res.Bridge
+				res.BridgeRounds = append(res.BridgeRounds, sr)
+			} else {
+				res.MinimalRounds = append(res.MinimalRounds, sr)
 			}
 			if *best == nil || e2eRate(sr) > e2eRate(*best) {
 				*best = sr

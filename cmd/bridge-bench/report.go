@@ -230,6 +230,8 @@ func printTable(w io.Writer, r *results) {
 		p("  not evaluated: a phase is missing on one side (see problems)")
 	}
 
+	printRounds(p, r)
+
 	if r.Baseline.XAddPerSec > 0 {
 		p("")
 		p("publish / raw XADD ceiling (unpipelined, pipelined -P %d)", baselinePipeline)

@@ -90,7 +90,9 @@ func (r *sub) push(abortCtx context.Context, s *core.Subscription, m *core.Messa
 	if err != nil {
 		return pushResult{errText: "build request: " + err.Error()}, false
 	}
-	h := req.Header
+	// Sized for what a push carries, so adding the headers never grows the map.
+	h := make(http.Header, len(m.Headers)+len(s.Headers)+16)
+	req.Header = h
 	for k, v := range m.Headers {
 		if core.ForbiddenPushHeader(k) || k == core.HeaderContentType || (isEvent && strings.HasPrefix(k, "ce-")) {
 			continue

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"mime"
 	"strings"
+	"sync"
 
 	"cel.dev/cel-go/cel"
 	"cel.dev/cel-go/common/cost"
@@ -51,7 +52,9 @@ type Error struct{ msg string }
 
 func (e *Error) Error() string { return e.msg }
 
-var env = mustEnv()
+// env is built on first use: a CEL environment costs a few MiB, which a bridge without
+// filters should not hold.
+var env = sync.OnceValue(mustEnv)
 
 func mustEnv() *cel.Env {
 	e, err := cel.NewEnv(
@@ -75,21 +78,21 @@ func Compile(expr string) (*Program, error) {
 	if len(expr) > MaxLength {
 		return nil, &Error{fmt.Sprintf("the filter is %d bytes long, at most %d", len(expr), MaxLength)}
 	}
-	ast, iss := env.Compile(expr)
+	ast, iss := env().Compile(expr)
 	if iss != nil && iss.Err() != nil {
 		return nil, &Error{position(iss.Err().Error())}
 	}
 	if ast.OutputType() != cel.BoolType && ast.OutputType() != cel.DynType {
 		return nil, &Error{fmt.Sprintf("the filter must be a condition (bool), it gives %s", ast.OutputType())}
 	}
-	est, err := env.EstimateCost(ast, estimator{})
+	est, err := env().EstimateCost(ast, estimator{})
 	if err != nil {
 		return nil, &Error{"cannot estimate the filter's cost: " + err.Error()}
 	}
 	if est.Max > MaxCost {
 		return nil, &Error{fmt.Sprintf("the filter is too expensive: its cost may reach %d, at most %d (avoid walking large lists or maps of the body)", est.Max, MaxCost)}
 	}
-	prg, err := env.Program(ast, cel.CostLimit(MaxCost), cel.EvalOptions(cel.OptOptimize))
+	prg, err := env().Program(ast, cel.CostLimit(MaxCost), cel.EvalOptions(cel.OptOptimize))
 	if err != nil {
 		return nil, &Error{err.Error()}
 	}

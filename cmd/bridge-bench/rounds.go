@@ -1,0 +1,138 @@
+package main
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// A metric of one round of one server, for the medians over rounds.
+type roundMetric struct {
+	name string
+	// value reads it from a round; ok is false when the phase is missing.
+	value func(sr *serverResult) (float64, bool)
+	// lowerBetter: CPU per message and latency, where the bridge should not exceed the
+	// reference; the others are rates.
+	lowerBetter bool
+}
+
+func cpuPerMessage(phase string, rate func(sr *serverResult) (float64, bool)) func(sr *serverResult) (float64, bool) {
+	return func(sr *serverResult) (float64, bool) {
+		r, ok := rate(sr)
+		cores := sr.CPU[phase]["server"]
+		if !ok || r <= 0 || cores <= 0 {
+			return 0, false
+		}
+		return cores / r * 1e6, true // µs of the server's CPU per message
+	}
+}
+
+var (
+	e2eMsgs = func(sr *serverResult) (float64, bool) {
+		if sr.E2E == nil {
+			return 0, false
+		}
+		return sr.E2E.PushesPerSec, true
+	}
+	drainMsgs = func(sr *serverResult) (float64, bool) {
+		if sr.Drain == nil {
+			return 0, false
+		}
+		return sr.Drain.PushesPerSec, true
+	}
+	publishReqs = func(sr *serverResult) (float64, bool) {
+		if sr.Publish == nil {
+			return 0, false
+		}
+		return sr.Publish.ReqPerSec, true
+	}
+)
+
+var roundMetrics = []roundMetric{
+	{name: "e2e msg/s", value: e2eMsgs},
+	{name: "publish req/s", value: publishReqs},
+	{name: "drain pushes/s", value: drainMsgs},
+	{name: "e2e p99 ms", value: func(sr *serverResult) (float64, bool) {
+		if sr.E2E == nil {
+			return 0, false
+		}
+		return float64(sr.E2E.P99.Microseconds()) / 1000, true
+	}, lowerBetter: true},
+	{name: "e2e CPU µs/msg", value: cpuPerMessage("end-to-end", e2eMsgs), lowerBetter: true},
+	{name: "drain CPU µs/msg", value: cpuPerMessage("drain", drainMsgs), lowerBetter: true},
+	{name: "publish CPU µs/req", value: cpuPerMessage("publish", publishReqs), lowerBetter: true},
+	{name: "peak RSS MiB", value: func(sr *serverResult) (float64, bool) {
+		return float64(sr.PeakRSS) / (1 << 20), sr.PeakRSS > 0
+	}, lowerBetter: true},
+}
+
+// median of the values (the mean of the middle two for an even count).
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// spread is (max - min) / median: how much the rounds disagree.
+func spread(v []float64) float64 {
+	m := median(v)
+	if len(v) < 2 || m == 0 {
+		return 0
+	}
+	return (slices.Max(v) - slices.Min(v)) / m
+}
+
+func values(rounds []*serverResult, m roundMetric) []float64 {
+	var out []float64
+	for _, sr := range rounds {
+		if v, ok := m.value(sr); ok {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// printRounds prints every round of both servers with the medians, the spread and the
+// ratio of the medians: the figures to compare across runs (the best round alone favours
+// whichever server had the quietest moment).
+func printRounds(p func(string, ...any), r *results) {
+	if len(r.BridgeRounds) == 0 || len(r.MinimalRounds) == 0 {
+		return
+	}
+	p("")
+	p("rounds (%d each, alternating which server goes first): medians, spread = (max-min)/median", len(r.BridgeRounds))
+	p("%-20s %-34s %-34s %s", "metric", "bridge rounds -> median (spread)", "minimal rounds -> median (spread)", "bridge/minimal")
+	for _, m := range roundMetrics {
+		b, mn := values(r.BridgeRounds, m), values(r.MinimalRounds, m)
+		if len(b) == 0 || len(mn) == 0 {
+			continue
+		}
+		ratio := median(b) / median(mn)
+		p("%-20s %-34s %-34s %.2fx", m.name, roundCell(b), roundCell(mn), ratio)
+	}
+}
+
+func roundCell(v []float64) string {
+	parts := make([]string, len(v))
+	for i, x := range v {
+		parts[i] = short(x)
+	}
+	return fmt.Sprintf("%s -> %s (%.0f%%)", strings.Join(parts, " "), short(median(v)), 100*spread(v))
+}
+
+func short(x float64) string {
+	switch {
+	case x >= 10000:
+		return fmt.Sprintf("%.1fk", x/1000)
+	case x >= 100:
+		return fmt.Sprintf("%.0f", x)
+	default:
+		return fmt.Sprintf("%.1f", x)
+	}
+}
