@@ -23,10 +23,12 @@ type whoamiView struct {
 	Auth   bool     `json:"auth"`
 	Scopes []string `json:"scopes"`
 	Can    struct {
-		Read        bool `json:"read"`
-		Write       bool `json:"write"`
-		DeadLetters bool `json:"dead_letters"`
-		Publish     bool `json:"publish"`
+		Read           bool `json:"read"`
+		Write          bool `json:"write"`
+		DeadLetters    bool `json:"dead_letters"`
+		Publish        bool `json:"publish"`
+		SchedulesRead  bool `json:"schedules_read"`
+		SchedulesWrite bool `json:"schedules_write"`
 	} `json:"can"`
 }
 
@@ -37,6 +39,7 @@ func (a *api) whoami(w http.ResponseWriter, r *http.Request) {
 	if a.opts.Tokens == nil || p == nil {
 		v.Name, v.Scopes = "anonymous", []string{"admin"}
 		v.Can.Read, v.Can.Write, v.Can.DeadLetters, v.Can.Publish = true, true, true, true
+		v.Can.SchedulesRead, v.Can.SchedulesWrite = true, true
 		writeJSON(w, http.StatusOK, v)
 		return
 	}
@@ -48,6 +51,8 @@ func (a *api) whoami(w http.ResponseWriter, r *http.Request) {
 	v.Can.Write = p.Allows(auth.ActionSubscriptionsWrite, "")
 	v.Can.DeadLetters = p.Allows(auth.ActionDeadLettersWrite, "")
 	v.Can.Publish = p.MayPublish()
+	v.Can.SchedulesRead = p.Allows(auth.ActionSchedulesRead, "")
+	v.Can.SchedulesWrite = p.Allows(auth.ActionSchedulesWrite, "")
 	writeJSON(w, http.StatusOK, v)
 }
 
