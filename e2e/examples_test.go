@@ -358,8 +358,9 @@ func testReceiverExample(t *testing.T, name string, argv ...string) {
 	}
 }
 
-func TestNodeServerlessExample(t *testing.T) {
-	t.Parallel()
+// node20 is the node binary, or skips the test when there is none of version 20 or later.
+func node20(t *testing.T) string {
+	t.Helper()
 	node, err := exec.LookPath("node")
 	if err != nil {
 		t.Skip("node not installed")
@@ -368,6 +369,12 @@ func TestNodeServerlessExample(t *testing.T) {
 	if v, _ := strconv.Atoi(strings.TrimSpace(string(out))); err != nil || v < 20 {
 		t.Skipf("node %s: the example needs Node 20 or later", strings.TrimSpace(string(out)))
 	}
+	return node
+}
+
+func TestNodeServerlessExample(t *testing.T) {
+	t.Parallel()
+	node := node20(t)
 	testReceiverExample(t, "node-serverless", node, filepath.Join("examples", "node-serverless", "run.mjs"))
 }
 
@@ -386,14 +393,7 @@ func TestPythonReceiverExample(t *testing.T) {
 // is delivered once and counted delivered; none is pushed again.
 func TestNodeDeferredExample(t *testing.T) {
 	t.Parallel()
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Skip("node not installed")
-	}
-	out, err := exec.Command(node, "-p", "process.versions.node.split('.')[0]").Output()
-	if v, _ := strconv.Atoi(strings.TrimSpace(string(out))); err != nil || v < 20 {
-		t.Skipf("node %s: the example needs Node 20 or later", strings.TrimSpace(string(out)))
-	}
+	node := node20(t)
 	rs := redistest.Start(t, redistest.Options{})
 	br := startBridge(t, redisURL(rs))
 	addr := freeAddr(t)

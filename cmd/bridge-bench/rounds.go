@@ -11,9 +11,6 @@ type roundMetric struct {
 	name string
 	// value reads it from a round; ok is false when the phase is missing.
 	value func(sr *serverResult) (float64, bool)
-	// lowerBetter: CPU per message and latency, where the bridge should not exceed the
-	// reference; the others are rates.
-	lowerBetter bool
 }
 
 func cpuPerMessage(phase string, rate func(sr *serverResult) (float64, bool)) func(sr *serverResult) (float64, bool) {
@@ -57,13 +54,13 @@ var roundMetrics = []roundMetric{
 			return 0, false
 		}
 		return float64(sr.E2E.P99.Microseconds()) / 1000, true
-	}, lowerBetter: true},
-	{name: "e2e CPU µs/msg", value: cpuPerMessage("end-to-end", e2eMsgs), lowerBetter: true},
-	{name: "drain CPU µs/msg", value: cpuPerMessage("drain", drainMsgs), lowerBetter: true},
-	{name: "publish CPU µs/req", value: cpuPerMessage("publish", publishReqs), lowerBetter: true},
+	}},
+	{name: "e2e CPU µs/msg", value: cpuPerMessage("end-to-end", e2eMsgs)},
+	{name: "drain CPU µs/msg", value: cpuPerMessage("drain", drainMsgs)},
+	{name: "publish CPU µs/req", value: cpuPerMessage("publish", publishReqs)},
 	{name: "peak RSS MiB", value: func(sr *serverResult) (float64, bool) {
 		return float64(sr.PeakRSS) / (1 << 20), sr.PeakRSS > 0
-	}, lowerBetter: true},
+	}},
 }
 
 // median of the values (the mean of the middle two for an even count).

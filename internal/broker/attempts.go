@@ -32,9 +32,6 @@ const (
 // WithAttemptLog keeps up to max attempts per subscription (0 turns the log off).
 func WithAttemptLog(max int) Option { return func(b *Broker) { b.attemptMax = max } }
 
-// AttemptLogOn reports whether attempts are recorded.
-func (b *Broker) AttemptLogOn() bool { return b.attemptMax > 0 }
-
 // attemptFields is the entry of a, as field/value pairs.
 func attemptFields(a *core.Attempt) []string {
 	f := make([]string, 0, 14)

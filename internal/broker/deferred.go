@@ -88,8 +88,13 @@ func (b *Broker) SettleDeferred(ctx context.Context, s *core.Subscription, id, t
 		retryCountKey(s.Subject, s.Name), statsKey(s.Subject, s.Name), attemptsKey(s.Subject, s.Name), dlqKey(s.Subject, s.Name)}
 	args := []string{id, tokenHash, act.Op, strconv.FormatInt(act.Due.UnixMilli(), 10), ""}
 	var rec retryRecord
+	deliveries := 0
 	if act.Op != "extend" {
-		raw, err := b.c.Do(ctx, b.c.B().Hget().Key(retryDataKey(s.Subject, s.Name)).Field(id).Build()).ToString()
+		// The record and the delivery count, in one round trip.
+		res := b.c.DoMulti(ctx,
+			b.c.B().Hget().Key(retryDataKey(s.Subject, s.Name)).Field(id).Build(),
+			b.c.B().Hget().Key(retryCountKey(s.Subject, s.Name)).Field(id).Build())
+		raw, err := res[0].ToString()
 		if err != nil {
 			if rueidis.IsRedisNil(err) {
 				return core.ErrSettled
@@ -99,10 +104,7 @@ func (b *Broker) SettleDeferred(ctx context.Context, s *core.Subscription, id, t
 		if err := json.Unmarshal([]byte(raw), &rec); err != nil {
 			return fmt.Errorf("deferred %s: %w", id, err)
 		}
-	}
-	deliveries := 0
-	if act.Op != "extend" {
-		n, err := b.c.Do(ctx, b.c.B().Hget().Key(retryCountKey(s.Subject, s.Name)).Field(id).Build()).AsInt64()
+		n, err := res[1].AsInt64()
 		if err != nil && !rueidis.IsRedisNil(err) {
 			return fmt.Errorf("deferred %s: %w", id, classify(err))
 		}
@@ -150,10 +152,4 @@ func (b *Broker) SettleDeferred(ctx context.Context, s *core.Subscription, id, t
 		return core.ErrSettled
 	}
 	return nil
-}
-
-// DeferredCount is how many messages of s are deferred now.
-func (b *Broker) DeferredCount(ctx context.Context, s *core.Subscription) (int64, error) {
-	n, err := b.c.Do(ctx, b.c.B().Hlen().Key(leasesKey(s.Subject, s.Name)).Build()).AsInt64()
-	return n, classify(err)
 }

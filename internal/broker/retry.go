@@ -108,21 +108,8 @@ func (b *Broker) Retry(ctx context.Context, s *core.Subscription, m *core.Messag
 			rr.FirstAttempt -= attempt.Latency.Milliseconds()
 		}
 	}
-	rr.LastStatus, rr.LastError = m.LastStatus, m.LastError
-	raw, err := json.Marshal(rr)
-	if err != nil {
-		return err
-	}
-	rec := string(raw)
-	mode, src := settleMode(s, m)
-	keys := []string{markerKey(s.Subject, s.Name), retryKey(s.Subject, s.Name), retryDataKey(s.Subject, s.Name),
-		retryCountKey(s.Subject, s.Name), src, listCountKey(s.Subject, s.Name), attemptsKey(s.Subject, s.Name)}
-	args := []string{s.Incarnation(), m.ID, strconv.FormatInt(due.UnixMilli(), 10), rec, strconv.Itoa(m.Deliveries), mode, groupName(s.Name), m.EntryID}
-	args = append(args, b.attemptArgs(attempt)...)
-	args = append(args, leaseArgs(m, "", 0)...)
-	keys = append(keys, leasesKey(s.Subject, s.Name))
-	if err := checkGone(retryScript.Exec(ctx, b.c, keys, args)); err != nil {
-		return fmt.Errorf("schedule retry of %s: %w", m.ID, classify(err))
+	if err := b.hold(ctx, s, m, rr, due, attempt, leaseArgs(m, "", 0)); err != nil {
+		return fmt.Errorf("schedule retry of %s: %w", m.ID, err)
 	}
 	return nil
 }
@@ -136,6 +123,15 @@ func (b *Broker) Defer(ctx context.Context, s *core.Subscription, m *core.Messag
 	if m.FirstAttempt.IsZero() {
 		rr.FirstAttempt = time.Now().UnixMilli()
 	}
+	if err := b.hold(ctx, s, m, rr, deadline, attempt, leaseArgs(m, tokenHash, maxDeferred)); err != nil {
+		return fmt.Errorf("defer %s: %w", m.ID, err)
+	}
+	return nil
+}
+
+// hold puts m in s's retry set as rr until due, settling it where it was delivered from,
+// logging attempt and applying the lease operation, in one script (retryScript).
+func (b *Broker) hold(ctx context.Context, s *core.Subscription, m *core.Message, rr retryRecord, due time.Time, attempt *core.Attempt, lease []string) error {
 	rr.LastStatus, rr.LastError = m.LastStatus, m.LastError
 	raw, err := json.Marshal(rr)
 	if err != nil {
@@ -144,13 +140,10 @@ func (b *Broker) Defer(ctx context.Context, s *core.Subscription, m *core.Messag
 	mode, src := settleMode(s, m)
 	keys := []string{markerKey(s.Subject, s.Name), retryKey(s.Subject, s.Name), retryDataKey(s.Subject, s.Name),
 		retryCountKey(s.Subject, s.Name), src, listCountKey(s.Subject, s.Name), attemptsKey(s.Subject, s.Name), leasesKey(s.Subject, s.Name)}
-	args := []string{s.Incarnation(), m.ID, strconv.FormatInt(deadline.UnixMilli(), 10), string(raw), strconv.Itoa(m.Deliveries), mode, groupName(s.Name), m.EntryID}
+	args := []string{s.Incarnation(), m.ID, strconv.FormatInt(due.UnixMilli(), 10), string(raw), strconv.Itoa(m.Deliveries), mode, groupName(s.Name), m.EntryID}
 	args = append(args, b.attemptArgs(attempt)...)
-	args = append(args, leaseArgs(m, tokenHash, maxDeferred)...)
-	if err := checkGone(retryScript.Exec(ctx, b.c, keys, args)); err != nil {
-		return fmt.Errorf("defer %s: %w", m.ID, classify(err))
-	}
-	return nil
+	args = append(args, lease...)
+	return classify(checkGone(retryScript.Exec(ctx, b.c, keys, args)))
 }
 
 // settleMode says how the scripts settle m, and which key holds it.

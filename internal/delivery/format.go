@@ -4,11 +4,11 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"mime"
-	"net/http"
 	"strings"
 	"time"
 
 	"github.com/bridge-dev/bridge/internal/core"
+	"github.com/bridge-dev/bridge/internal/filter"
 )
 
 // CloudEvents 1.0 (SPEC §11): a subscription's format presents each message as an event,
@@ -45,7 +45,7 @@ func cloudEvent(format core.Format, m *core.Message) (formatted, bool) {
 		}
 		switch {
 		case len(data) == 0:
-		case isJSONMedia(dataCT) && json.Valid(data):
+		case filter.IsJSON(dataCT) && json.Valid(data):
 			ev["data"] = json.RawMessage(data)
 		case isTextMedia(dataCT):
 			ev["data"] = string(data)
@@ -132,7 +132,7 @@ func parseStructured(body []byte) (attrs map[string]string, data []byte, dataCT 
 			dataCT = "application/json"
 		}
 		var s string
-		if !isJSONMedia(dataCT) && json.Unmarshal(raw, &s) == nil {
+		if !filter.IsJSON(dataCT) && json.Unmarshal(raw, &s) == nil {
 			return attrs, []byte(s), dataCT, true
 		}
 		return attrs, raw, dataCT, true
@@ -140,15 +140,7 @@ func parseStructured(body []byte) (attrs map[string]string, data []byte, dataCT 
 	return attrs, nil, dataCT, true
 }
 
-func isJSONMedia(ct string) bool {
-	mt, _, err := mime.ParseMediaType(ct)
-	return err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json"))
-}
-
 func isTextMedia(ct string) bool {
 	mt, _, err := mime.ParseMediaType(ct)
 	return err == nil && strings.HasPrefix(mt, "text/")
 }
-
-// canonicalCE is the header name of a ce-* attribute on the wire.
-func canonicalCE(lower string) string { return http.CanonicalHeaderKey(lower) }

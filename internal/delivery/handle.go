@@ -90,28 +90,7 @@ func (r *sub) handle(m *core.Message) result {
 			return r.deferMsg(cfg, m, res)
 		}
 		r.live.stats.Delivered.Add(1)
-		st := core.Settlement{Sub: r.cfg, Origin: m.Origin, Handle: settleHandle(m), ID: m.ID, Queue: m.Queue,
-			Attempt: r.attempt(m, res, core.OutcomeAck)}
-		switch {
-		case m.Origin == core.Unsettled:
-			if st.Attempt != nil {
-				r.e.settler.add(st, r.live) // nothing to settle; the attempt is still logged
-			}
-		case r.gate != nil && m.Origin == core.FromRetry:
-			// The head of an ordered key: its key may only move on once it is settled.
-			ctx, cancel := r.ctx()
-			err := r.e.b.Settle(ctx, []core.Settlement{st})
-			cancel()
-			if err != nil {
-				log.Warn("could not ack retried message; it will be delivered again", zap.String("message_id", m.ID), zap.Error(err))
-				return unsettled
-			}
-		default:
-			// Batched with every other settlement of the process; a lost ack means a
-			// duplicate later, never a loss.
-			r.e.settler.add(st, r.live)
-		}
-		return settled
+		return r.ack(m, r.attempt(m, res, core.OutcomeAck))
 	case Requeue:
 		if until, hold := r.circuitFailure(cfg, m); hold {
 			// Pushed while the circuit was open (or as its probe): no attempt is used.
@@ -143,23 +122,31 @@ func (r *sub) matches(f *filter.Program, m *core.Message) bool {
 func (r *sub) filtered(cfg *core.Subscription, m *core.Message) result {
 	r.live.stats.Filtered.Add(1)
 	r.e.metrics.Filtered(cfg.Name)
-	st := core.Settlement{Sub: r.cfg, Origin: m.Origin, Handle: settleHandle(m), ID: m.ID, Queue: m.Queue,
-		Attempt: r.attempt(m, pushResult{}, core.OutcomeFiltered)}
+	return r.ack(m, r.attempt(m, pushResult{}, core.OutcomeFiltered))
+}
+
+// ack acknowledges m where it lives, logging its attempt (nil: none) with it.
+func (r *sub) ack(m *core.Message, at *core.Attempt) result {
+	st := core.Settlement{Sub: r.cfg, Origin: m.Origin, Handle: settleHandle(m), ID: m.ID, Queue: m.Queue, Attempt: at}
 	switch {
 	case m.Origin == core.Unsettled:
-		if st.Attempt == nil {
-			return settled
+		if at != nil {
+			r.e.settler.add(st, r.live) // nothing to settle; the attempt is still logged
 		}
 	case r.gate != nil && m.Origin == core.FromRetry:
+		// The head of an ordered key: its key may only move on once it is settled.
 		ctx, cancel := r.ctx()
 		err := r.e.b.Settle(ctx, []core.Settlement{st})
 		cancel()
 		if err != nil {
+			r.log.Warn("could not ack retried message; it will be delivered again", zap.String("message_id", m.ID), zap.Error(err))
 			return unsettled
 		}
-		return settled
+	default:
+		// Batched with every other settlement of the process; a lost ack means a
+		// duplicate later, never a loss.
+		r.e.settler.add(st, r.live)
 	}
-	r.e.settler.add(st, r.live)
 	return settled
 }
 

@@ -100,7 +100,7 @@ func (r *sub) push(abortCtx context.Context, s *core.Subscription, m *core.Messa
 		h[canonical(k)] = []string{v}
 	}
 	for k, v := range ev.headers {
-		h[canonicalCE(k)] = []string{v}
+		h[canonical(k)] = []string{v}
 	}
 	for k, v := range s.Headers {
 		h[k] = []string{v}

@@ -34,8 +34,7 @@ const (
 
 // Program is a compiled filter. Safe for concurrent use.
 type Program struct {
-	expr string
-	prg  cel.Program
+	prg cel.Program
 }
 
 // Message is what a filter sees of one message.
@@ -96,7 +95,7 @@ func Compile(expr string) (*Program, error) {
 	if err != nil {
 		return nil, &Error{err.Error()}
 	}
-	return &Program{expr: expr, prg: prg}, nil
+	return &Program{prg: prg}, nil
 }
 
 // position keeps CEL's "<input>:line:col: message" as "line:col: message".
@@ -118,9 +117,6 @@ func (p *Program) Match(m Message) (bool, error) {
 	}
 	return bool(b), nil
 }
-
-// String is the expression.
-func (p *Program) String() string { return p.expr }
 
 // activation gives a filter its variables, parsing the body only if the filter reads it
 // (a filter on headers never pays for JSON).
@@ -157,7 +153,7 @@ func (a *activation) Parent() interpreter.Activation { return nil }
 // parseBody is the body as a filter sees it: parsed JSON when the content type says JSON
 // (application/json, or any +json), else null.
 func parseBody(body []byte, contentType string) any {
-	if !isJSON(contentType) {
+	if !IsJSON(contentType) {
 		return nil
 	}
 	var v any
@@ -167,7 +163,8 @@ func parseBody(body []byte, contentType string) any {
 	return v
 }
 
-func isJSON(ct string) bool {
+// IsJSON reports whether a content type is JSON: application/json, or any +json type.
+func IsJSON(ct string) bool {
 	if ct == "" {
 		return false
 	}

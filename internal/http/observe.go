@@ -108,7 +108,7 @@ func (a *api) attempts(w http.ResponseWriter, r *http.Request) {
 		}
 		query.Limit = n
 	}
-	if query.Before != "" && !validEntryID(query.Before) {
+	if query.Before != "" && !core.ValidEntryID(query.Before) {
 		writeProblem(w, "invalid_query", "before must be an attempt id (the id or next of an earlier page)")
 		return
 	}
@@ -200,24 +200,6 @@ func param(r *http.Request, name string) string {
 		return v
 	}
 	return raw
-}
-
-// validEntryID accepts a stream entry id, "<ms>-<seq>".
-func validEntryID(id string) bool {
-	ms, seq, ok := strings.Cut(id, "-")
-	return ok && isDigits(ms) && isDigits(seq)
-}
-
-func isDigits(s string) bool {
-	if s == "" || len(s) > 20 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return true
 }
 
 type nackInput struct {

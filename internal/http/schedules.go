@@ -126,10 +126,7 @@ func (a *api) putSchedule(w http.ResponseWriter, r *http.Request) {
 	}
 	// A schedule publishes to its subject: the token must be allowed to publish there too,
 	// or schedules:write would be a way around its publish globs.
-	if p, _ := r.Context().Value(principalKey{}).(*auth.Principal); a.opts.Tokens != nil && !p.Allows(auth.ActionPublish, s.Subject) {
-		scope := auth.Scope(auth.ActionPublish, s.Subject)
-		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="bridge", error="insufficient_scope", scope=%q`, scope))
-		writeProblem(w, "forbidden", "a schedule publishes to its subject: this token also needs the scope "+scope)
+	if !a.allowed(w, r, auth.ActionPublish, s.Subject, "a schedule publishes to its subject: this token also needs the scope ") {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)

@@ -293,16 +293,27 @@ func (a *api) require(action auth.Action) func(http.Handler) http.Handler {
 			if action == auth.ActionPublish {
 				resource = param(r, "subject")
 			}
-			p, _ := r.Context().Value(principalKey{}).(*auth.Principal)
-			if p == nil || !p.Allows(action, resource) {
-				scope := auth.Scope(action, resource)
-				w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="bridge", error="insufficient_scope", scope=%q`, scope))
-				writeProblem(w, "forbidden", "the token lacks the scope "+scope)
-				return
+			if a.allowed(w, r, action, resource, "the token lacks the scope ") {
+				next.ServeHTTP(w, r)
 			}
-			next.ServeHTTP(w, r)
 		})
 	}
+}
+
+// allowed reports whether the caller may do action on resource; when it may not, it
+// answers 403 insufficient_scope naming the scope, after why.
+func (a *api) allowed(w http.ResponseWriter, r *http.Request, action auth.Action, resource, why string) bool {
+	if a.opts.Tokens == nil {
+		return true
+	}
+	p, _ := r.Context().Value(principalKey{}).(*auth.Principal)
+	if p != nil && p.Allows(action, resource) {
+		return true
+	}
+	scope := auth.Scope(action, resource)
+	w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="bridge", error="insufficient_scope", scope=%q`, scope))
+	writeProblem(w, "forbidden", why+scope)
+	return false
 }
 
 func (a *api) countPublishErrors(next http.Handler) http.Handler {

@@ -133,13 +133,6 @@ func (s Span) EndPush(status int, errText string) {
 	s.s.End()
 }
 
-// SetAttributes adds attributes.
-func (s Span) SetAttributes(kv ...attribute.KeyValue) {
-	if s.s != nil {
-		s.s.SetAttributes(kv...)
-	}
-}
-
 // StartPublish starts the span of a publish to subject as a child of the request's trace
 // context (reqHeaders, HTTP header names), and writes the span's traceparent into the
 // message's headers so its pushes join the trace.
