@@ -123,6 +123,10 @@ type publishPlan struct {
 	until    time.Time // zero: no time limit, only total
 	total    uint64    // 0: no count limit, only until
 	hardStop time.Time
+	// rate, when positive, paces the publishers to this many requests per
+	// second in total: request n is not sent before start + n/rate, so the
+	// latency figures are those of a steady load, not of a saturated server.
+	rate float64
 }
 
 // publishResult is what one publish phase observed.
@@ -198,6 +202,19 @@ func runPublish(ctx context.Context, plan publishPlan) publishResult {
 			n := seq.Add(1)
 			if plan.total > 0 && n > plan.total {
 				return
+			}
+			if plan.rate > 0 {
+				due := start.Add(time.Duration(float64(n-1) / plan.rate * float64(time.Second)))
+				if (!plan.until.IsZero() && !due.Before(plan.until)) || (!plan.hardStop.IsZero() && !due.Before(plan.hardStop)) {
+					return
+				}
+				if wait := time.Until(due); wait > 0 {
+					select {
+					case <-time.After(wait):
+					case <-ctx.Done():
+						return
+					}
+				}
 			}
 			// A fresh body per request: the transport may still hold the
 			// previous one after Do returns (it closes bodies asynchronously).

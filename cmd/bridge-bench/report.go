@@ -47,6 +47,11 @@ func compare(b, m *serverResult) []comparison {
 		r := bv / mv
 		out = append(out, comparison{"e2e p99 ms", bv, mv, r, fmt.Sprintf("<= %.2f", targetP99Factor), r <= targetP99Factor})
 	}
+	if b.Paced != nil && m.Paced != nil && b.Paced.P99 > 0 && m.Paced.P99 > 0 {
+		bv, mv := durMS(b.Paced.P99), durMS(m.Paced.P99)
+		r := bv / mv
+		out = append(out, comparison{"paced p99 ms", bv, mv, r, fmt.Sprintf("<= %.2f", targetPacedP99Factor), r <= targetPacedP99Factor})
+	}
 	return out
 }
 
@@ -75,6 +80,11 @@ var rowOrder = []string{
 	"e2e      publish-to-push p99",
 	"e2e      publish-to-push max",
 	"e2e      pickup (PUT->first push)",
+	"paced    msg/s (publishers paced)",
+	"paced    pushed / accepted, duplicates",
+	"paced    publish-to-push p50",
+	"paced    publish-to-push p99",
+	"paced    publish-to-push max",
 	"drain    publish req/s (paused)",
 	"drain    pushes/s (first->last push)",
 	"drain    pushed / accepted, duplicates",
@@ -82,6 +92,7 @@ var rowOrder = []string{
 	"drain    resume->last push",
 	"cpu      publish  server/redis/bench",
 	"cpu      e2e      server/redis/bench",
+	"cpu      paced    server/redis/bench",
 	"cpu      drain    server/redis/bench",
 	"process  peak RSS (VmHWM)",
 	"process  start to /readyz 200",
@@ -112,6 +123,13 @@ func cells(s *serverResult) map[string]cell {
 		dur("e2e      publish-to-push max", e.Max)
 		dur("e2e      pickup (PUT->first push)", e.Pickup)
 	}
+	if e := s.Paced; e != nil {
+		rate("paced    msg/s (publishers paced)", e.PushesPerSec)
+		text("paced    pushed / accepted, duplicates", fmt.Sprintf("%s / %s, %d", num(float64(e.Received)), num(float64(e.Publish.Accepted)), e.Duplicates))
+		dur("paced    publish-to-push p50", e.P50)
+		dur("paced    publish-to-push p99", e.P99)
+		dur("paced    publish-to-push max", e.Max)
+	}
 	if d := s.Drain; d != nil {
 		rate("drain    publish req/s (paused)", d.Publish.ReqPerSec)
 		rate("drain    pushes/s (first->last push)", d.PushesPerSec)
@@ -119,7 +137,7 @@ func cells(s *serverResult) map[string]cell {
 		dur("drain    resume->first push", d.Pickup)
 		dur("drain    resume->last push", d.ResumeToLast)
 	}
-	for _, ph := range [][2]string{{"publish", "publish"}, {"e2e    ", "end-to-end"}, {"drain  ", "drain"}} {
+	for _, ph := range [][2]string{{"publish", "publish"}, {"e2e    ", "end-to-end"}, {"paced  ", "paced"}, {"drain  ", "drain"}} {
 		if u, ok := s.CPU[ph[1]]; ok && len(u) > 0 {
 			text("cpu      "+ph[0]+"  server/redis/bench", fmt.Sprintf("%.2f / %.2f / %.2f", u["server"], u["redis"], u["bench"]))
 		}

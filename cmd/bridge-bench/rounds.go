@@ -55,6 +55,24 @@ var roundMetrics = []roundMetric{
 		}
 		return float64(sr.E2E.P99.Microseconds()) / 1000, true
 	}},
+	{name: "paced p50 ms", value: func(sr *serverResult) (float64, bool) {
+		if sr.Paced == nil {
+			return 0, false
+		}
+		return float64(sr.Paced.P50.Microseconds()) / 1000, true
+	}},
+	{name: "paced p99 ms", value: func(sr *serverResult) (float64, bool) {
+		if sr.Paced == nil {
+			return 0, false
+		}
+		return float64(sr.Paced.P99.Microseconds()) / 1000, true
+	}},
+	{name: "paced CPU µs/msg", value: cpuPerMessage("paced", func(sr *serverResult) (float64, bool) {
+		if sr.Paced == nil {
+			return 0, false
+		}
+		return sr.Paced.PushesPerSec, true
+	})},
 	{name: "e2e CPU µs/msg", value: cpuPerMessage("end-to-end", e2eMsgs)},
 	{name: "drain CPU µs/msg", value: cpuPerMessage("drain", drainMsgs)},
 	{name: "publish CPU µs/req", value: cpuPerMessage("publish", publishReqs)},
