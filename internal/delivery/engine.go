@@ -87,8 +87,12 @@ type Options struct {
 // Engine delivers every active subscription. Start it once; Shutdown it once (a second
 // call returns at once). Safe for concurrent use.
 type Engine struct {
-	b        Broker
-	client   *http.Client
+	b      Broker
+	client *http.Client
+	// send is how a push goes out: the client's transport directly when the client adds
+	// nothing a push needs (no redirects are followed, no cookie jar, no client timeout),
+	// which saves Client.Do's per-request header copy for redirects; client.Do otherwise.
+	send     func(*http.Request) (*http.Response, error)
 	metrics  Metrics
 	log      *zap.Logger
 	consumer string
@@ -188,6 +192,7 @@ func New(b Broker, opts Options) *Engine {
 		subs: map[string]*sub{}, live: map[string]*liveSub{}, configs: map[string]*core.Subscription{},
 		appliedCh: make(chan struct{}), changes: make(chan registryChange, 1024),
 	}
+	e.send = pushSender(opts.Client)
 	e.settler = newSettler(e)
 	e.hub = newHub(e)
 	empty := map[string]*subjectSubs{}

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 	"unicode/utf8"
@@ -53,6 +54,27 @@ func NewHTTPClient(control func(network, address string, c syscall.RawConn) erro
 		CheckRedirect: func(*http.Request, []*http.Request) error {
 			return http.ErrUseLastResponse
 		},
+	}
+}
+
+// pushSender is how pushes use c. A client from NewHTTPClient (or any without a jar or a
+// client timeout) only ever returns the first response, so its transport's RoundTrip does
+// the same work without Client.Do's per-request redirect bookkeeping. Errors are wrapped as
+// Client.Do wraps them, so failure texts do not depend on the path taken.
+func pushSender(c *http.Client) func(*http.Request) (*http.Response, error) {
+	if c.Jar != nil || c.Timeout != 0 {
+		return c.Do
+	}
+	rt := c.Transport
+	if rt == nil {
+		rt = http.DefaultTransport
+	}
+	return func(req *http.Request) (*http.Response, error) {
+		resp, err := rt.RoundTrip(req)
+		if err != nil {
+			return nil, &url.Error{Op: "Post", URL: req.URL.Redacted(), Err: err}
+		}
+		return resp, nil
 	}
 }
 
@@ -138,7 +160,7 @@ func (r *sub) push(abortCtx context.Context, s *core.Subscription, m *core.Messa
 			func(k, v string) { h[canonical(k)] = []string{v} })
 		defer func() { span.EndPush(res.status, res.errText) }()
 	}
-	resp, err := r.e.client.Do(req)
+	resp, err := r.e.send(req)
 	res.latency = time.Since(now)
 	if err != nil {
 		if abortCtx.Err() != nil {
@@ -178,7 +200,7 @@ func (r *sub) push(abortCtx context.Context, s *core.Subscription, m *core.Messa
 		excerpt, _ = io.ReadAll(io.LimitReader(resp.Body, maxErrorText))
 	}
 	// Drain (bounded) so the connection can be reused.
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxResponseRead-int64(len(excerpt))))
+	discard(resp.Body, maxResponseRead-len(excerpt))
 	_ = resp.Body.Close()
 	if res.status < 200 || res.status >= 300 {
 		res.errText = fmt.Sprintf("HTTP %d", res.status)
@@ -187,6 +209,27 @@ func (r *sub) push(abortCtx context.Context, s *core.Subscription, m *core.Messa
 		}
 	}
 	return res, false
+}
+
+// discardBufs are the buffers discard reads into: a push's answer body is read and
+// dropped on every push, so neither a buffer nor a LimitReader is allocated for it.
+var discardBufs = sync.Pool{New: func() any { return new([4096]byte) }}
+
+// discard reads and drops up to n bytes of body (the empty body of a typical 2xx costs no
+// read at all).
+func discard(body io.Reader, n int) {
+	if body == http.NoBody || n <= 0 {
+		return
+	}
+	buf := discardBufs.Get().(*[4096]byte)
+	defer discardBufs.Put(buf)
+	for n > 0 {
+		k, err := body.Read(buf[:min(n, len(buf))])
+		n -= k
+		if err != nil {
+			return
+		}
+	}
 }
 
 func describeTransportError(err error, timeout time.Duration) string {

@@ -275,9 +275,13 @@ func (r *sub) worker(m core.Message) {
 	defer r.workWG.Done()
 	idle := time.NewTimer(workerIdle)
 	defer idle.Stop()
+	// One message value per worker, reused: handle takes its address, so a fresh one per
+	// message would be a heap allocation per push. handle keeps no pointer to it.
+	var cur core.Message
 	for {
 		r.live.stats.InFlight.Add(1)
-		for cur, more := m, true; more; {
+		cur = m
+		for more := true; more; {
 			res := r.handle(&cur)
 			more = false
 			if r.gate != nil && !r.isStopped() {
