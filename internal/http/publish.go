@@ -70,11 +70,17 @@ type target struct {
 
 // checkPublishTarget validates the subject and the transport and mode queries of a publish route.
 func checkPublishTarget(w http.ResponseWriter, r *http.Request) (target, bool) {
-	t := target{subject: param(r, "subject"), transport: core.Transport(r.URL.Query().Get("transport"))}
+	t := target{subject: param(r, "subject")}
 	if !core.ValidSubject(t.subject) {
 		writeProblem(w, "invalid_subject", core.SubjectRule)
 		return t, false
 	}
+	if r.URL.RawQuery == "" {
+		t.transport = core.TransportStream // the common publish: no query to parse
+		return t, true
+	}
+	q := r.URL.Query()
+	t.transport = core.Transport(q.Get("transport"))
 	if t.transport == "" {
 		t.transport = core.TransportStream
 	}
@@ -82,7 +88,7 @@ func checkPublishTarget(w http.ResponseWriter, r *http.Request) (target, bool) {
 		writeProblem(w, "invalid_query", "transport must be stream, list or pubsub")
 		return t, false
 	}
-	switch mode := r.URL.Query().Get("mode"); {
+	switch mode := q.Get("mode"); {
 	case mode == "" || core.PubSubMode(mode) == core.PubSubClassic:
 	case core.PubSubMode(mode) == core.PubSubSharded && t.transport == core.TransportPubSub:
 		t.sharded = true
@@ -104,12 +110,12 @@ func (a *api) publish(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, "invalid_header", err.Error())
 		return
 	}
-	out := core.Outgoing{Headers: headers, IdempotencyKey: r.Header.Get("Idempotency-Key")}
+	out := core.Outgoing{Headers: headers, IdempotencyKey: header(r.Header, "Idempotency-Key")}
 	if err := checkIdempotencyKey(out.IdempotencyKey); err != nil {
 		writeProblem(w, "invalid_header", "Idempotency-Key "+err.Error())
 		return
 	}
-	if out.NotBefore, err = notBefore(r.Header.Get("Bridge-Delay"), r.Header.Get("Bridge-Not-Before"), time.Now()); err != nil {
+	if out.NotBefore, err = notBefore(header(r.Header, "Bridge-Delay"), header(r.Header, "Bridge-Not-Before"), time.Now()); err != nil {
 		writeProblem(w, "invalid_header", err.Error())
 		return
 	}
@@ -123,11 +129,10 @@ func (a *api) publish(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, "invalid_json", "could not read the request body")
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
-	defer cancel()
+	ctx := a.deadlines.get()
 	// With tracing on, the message carries its publish span's traceparent (its pushes
 	// join that trace); off, this costs one atomic load.
-	span := tracing.StartPublish(r.Context(), r.Header.Get("Traceparent"), r.Header.Get("Tracestate"), subject, string(t.transport), headers)
+	span := tracing.StartPublish(r.Context(), header(r.Header, "Traceparent"), header(r.Header, "Tracestate"), subject, string(t.transport), headers)
 	if t.transport != core.TransportStream {
 		if out.IdempotencyKey != "" || !out.NotBefore.IsZero() {
 			span.End(nil)
@@ -229,44 +234,44 @@ func notBefore(delay, at string, now time.Time) (time.Time, error) {
 // partition key, trace context and Bridge-Forward-* headers, names lower-cased.
 func messageHeaders(h http.Header) (map[string]string, error) {
 	out := make(map[string]string, 4)
-	if ct := h.Get("Content-Type"); ct != "" {
+	if ct := header(h, "Content-Type"); ct != "" {
 		if err := setContentType(out, ct); err != nil {
 			return nil, err
 		}
 	}
-	if ce := h.Get("Content-Encoding"); ce != "" {
+	if ce := header(h, "Content-Encoding"); ce != "" {
 		// Stored and sent on, so a receiver gets gzip bytes labelled as gzip.
 		if len(ce) > 256 || !httpguts.ValidHeaderFieldValue(ce) {
 			return nil, errors.New("Content-Encoding is not a valid header value")
 		}
 		out[core.HeaderContentEncoding] = ce
 	}
-	if err := setPartitionKey(out, h.Get("Bridge-Partition-Key")); err != nil {
+	if err := setPartitionKey(out, header(h, "Bridge-Partition-Key")); err != nil {
 		return nil, fmt.Errorf("Bridge-Partition-Key %w", err)
 	}
-	for _, name := range []string{core.HeaderTraceparent, core.HeaderTracestate} {
-		if v := h.Get(name); v != "" {
+	for _, name := range [...][2]string{{"Traceparent", core.HeaderTraceparent}, {"Tracestate", core.HeaderTracestate}} {
+		if v := header(h, name[0]); v != "" {
 			if len(v) > maxTraceHeaderLen || !httpguts.ValidHeaderFieldValue(v) {
-				return nil, fmt.Errorf("%s is not a valid header value", name)
+				return nil, fmt.Errorf("%s is not a valid header value", name[1])
 			}
-			out[name] = v
+			out[name[1]] = v
 		}
 	}
-	// CloudEvents binary mode: ce-* attributes published as headers are kept with the
-	// message (pushed as they are; cloudevents formats take them as the event's).
+	// One pass for the prefixed headers (most publishes have none, and then nothing more
+	// is allocated): CloudEvents binary-mode ce-* attributes are kept with the message
+	// (pushed as they are; cloudevents formats take them as the event's), and
+	// Bridge-Forward-* headers are delivered on the push.
+	var fwd map[string]string
 	ce := 0
 	for k, vs := range h {
-		if len(k) <= 3 || !strings.EqualFold(k[:3], "ce-") {
+		if len(k) > 3 && strings.EqualFold(k[:3], "ce-") {
+			ce++
+			if ce > maxCEHeaders || len(vs) != 1 || len(vs[0]) > maxCEHeaderLen || !httpguts.ValidHeaderFieldValue(vs[0]) {
+				return nil, fmt.Errorf("%s: at most %d ce-* headers, once each, valid values of at most %d bytes", k, maxCEHeaders, maxCEHeaderLen)
+			}
+			out[strings.ToLower(k)] = vs[0]
 			continue
 		}
-		ce++
-		if ce > maxCEHeaders || len(vs) != 1 || len(vs[0]) > maxCEHeaderLen || !httpguts.ValidHeaderFieldValue(vs[0]) {
-			return nil, fmt.Errorf("%s: at most %d ce-* headers, once each, valid values of at most %d bytes", k, maxCEHeaders, maxCEHeaderLen)
-		}
-		out[strings.ToLower(k)] = vs[0]
-	}
-	fwd := make(map[string]string)
-	for k, vs := range h {
 		name, ok := strings.CutPrefix(k, forwardPrefix)
 		if !ok {
 			continue
@@ -274,12 +279,25 @@ func messageHeaders(h http.Header) (map[string]string, error) {
 		if name == "" || len(vs) != 1 {
 			return nil, fmt.Errorf("%s must name a header and appear once", k)
 		}
+		if fwd == nil {
+			fwd = make(map[string]string)
+		}
 		fwd[name] = vs[0]
 	}
 	if err := setForwarded(out, fwd, forwardPrefix); err != nil {
 		return nil, err
 	}
 	return out, nil
+}
+
+// header is h.Get for a name already in canonical form, as the server stores every
+// request header: it skips Get's canonicalisation, which runs for every header of every
+// publish.
+func header(h http.Header, canonicalName string) string {
+	if v := h[canonicalName]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
 
 func setContentType(out map[string]string, ct string) error {

@@ -115,6 +115,8 @@ type api struct {
 	e    Engine
 	opts Options
 	log  *zap.Logger
+	// deadlines bounds the Redis work of single publishes (see sharedDeadlines).
+	deadlines sharedDeadlines
 }
 
 // NewHandler returns the API's HTTP handler.
