@@ -14,7 +14,7 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -53,10 +53,14 @@ func Setup(ctx context.Context, version string) (shutdown func(context.Context) 
 	if proto != "" && proto != "http/protobuf" {
 		return noop, fmt.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL: %q is not supported; use http/protobuf (the default)", proto)
 	}
-	// The exporter reads OTEL_EXPORTER_OTLP_{,TRACES_}{ENDPOINT,HEADERS,TIMEOUT,...} itself;
-	// the batch processor OTEL_BSP_*, the resource OTEL_SERVICE_NAME and
+	// The transport reads OTEL_EXPORTER_OTLP_{,TRACES_}{ENDPOINT,HEADERS,TIMEOUT,...}; the
+	// batch processor OTEL_BSP_*, the resource OTEL_SERVICE_NAME and
 	// OTEL_RESOURCE_ATTRIBUTES, the sampler OTEL_TRACES_SAMPLER{,_ARG}.
-	exp, err := otlptracehttp.New(ctx)
+	client, err := newOTLPHTTP(os.Getenv)
+	if err != nil {
+		return noop, err
+	}
+	exp, err := otlptrace.New(ctx, client)
 	if err != nil {
 		return noop, fmt.Errorf("OTLP trace exporter: %w", err)
 	}
