@@ -125,3 +125,38 @@ func TestOtherProducersReachIdleSubscriptions(t *testing.T) {
 		time.Sleep(1500 * time.Millisecond)
 	}
 }
+
+// A busy subscription reads by waiting in Redis (XREADGROUP BLOCK) while messages keep
+// coming, and stops once they stop: no connection stays blocked for a quiet subscription.
+// BRIDGE_HOT_WAIT=0 never blocks.
+func TestBusySubscriptionWaitsInRedis(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		env     string
+		blocked bool
+	}{{"BRIDGE_HOT_WAIT=50ms", true}, {"BRIDGE_HOT_WAIT=0", false}} {
+		rs := redistest.Start(t, redistest.Options{})
+		br := startBridge(t, redisURL(rs), tc.env)
+		rc := newReceiver(t, nil)
+		br.subscribe("busy", fastSub(rc.URL, "busy.orders", nil))
+		const n = 100
+		var maxBlocked int64
+		for i := range n {
+			if code, _ := br.publish("busy.orders", []byte(fmt.Sprint(i))); code != http.StatusAccepted {
+				t.Fatalf("publish: %d", code)
+			}
+			time.Sleep(5 * time.Millisecond)
+			maxBlocked = max(maxBlocked, redisInfo(t, rs, "clients", "blocked_clients"))
+		}
+		redistest.Eventually(t, 10*time.Second, func() bool { return rc.distinct() == n }, "%d of %d delivered", rc.distinct(), n)
+		if tc.blocked != (maxBlocked > 0) {
+			t.Fatalf("%s: at most %d blocked clients while messages came every ~5 ms", tc.env, maxBlocked)
+		}
+		// Quiet again: within hotWindow plus one wait, nothing waits in Redis.
+		redistest.Eventually(t, 2*time.Second, func() bool { return redisInfo(t, rs, "clients", "blocked_clients") == 0 },
+			"%s: a quiet subscription still blocks a connection", tc.env)
+		if rc.count() != n {
+			t.Fatalf("%s: %d pushes for %d messages", tc.env, rc.count(), n)
+		}
+	}
+}

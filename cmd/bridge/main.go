@@ -138,6 +138,7 @@ func run(ctx context.Context, environ []string) error {
 		Touch:        trimmer.Touch,
 		PollInterval: time.Duration(cfg.PollInterval),
 		AttemptLog:   attemptLog > 0,
+		HotWait:      time.Duration(cfg.HotWait),
 	})
 	mx.WatchSubscriptions(subscriptionGauges(b, engine))
 	if err := applyFile(ctx); err != nil {

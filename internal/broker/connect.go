@@ -110,6 +110,9 @@ func clientOptions(opts ConnOptions) (rueidis.ClientOption, error) {
 	// Detect a dead server quickly so publishes fail fast (503) instead of hanging.
 	co.Dialer.Timeout = 3 * time.Second
 	co.ConnWriteTimeout = 5 * time.Second
+	// Busy subscriptions read with XREADGROUP BLOCK (BRIDGE_HOT_WAIT) on pooled connections;
+	// once they cool down, those connections are closed rather than kept for good.
+	co.BlockingPoolCleanup = 10 * time.Second
 	co.Dialer.KeepAlive = time.Second
 	if opts.Username != "" {
 		co.Username = opts.Username

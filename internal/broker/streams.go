@@ -161,12 +161,22 @@ func (b *Broker) destroyGroup(ctx context.Context, subject, sub string) error {
 	return nil
 }
 
-// Read hands out up to count new entries of the subscription's group to consumer. It
-// never blocks: the engine reads when it knows (or suspects) there is something to read,
-// so no connection is held waiting per subscription.
-func (b *Broker) Read(ctx context.Context, s *core.Subscription, consumer string, count int) ([]core.Message, error) {
-	cmd := b.c.B().Xreadgroup().Group(groupName(s.Name), consumer).Count(int64(count)).
-		Streams().Key(s.Subject).Id(">").Build()
+// Read hands out up to count new entries of the subscription's group to consumer. With
+// wait 0 it never blocks: the engine reads when it knows (or suspects) there is something
+// to read, so no connection is held waiting per subscription. With wait > 0 it waits up
+// to that long for an entry (XREADGROUP BLOCK): the engine asks for that only while a
+// subscription is busy.
+func (b *Broker) Read(ctx context.Context, s *core.Subscription, consumer string, count int, wait time.Duration) ([]core.Message, error) {
+	var cmd rueidis.Completed
+	if wait > 0 {
+		// A blocking read runs on a pooled connection of its own: Redis answers it the moment
+		// an entry is added, without a round trip after the publish.
+		cmd = b.c.B().Xreadgroup().Group(groupName(s.Name), consumer).Count(int64(count)).
+			Block(max(1, wait.Milliseconds())).Streams().Key(s.Subject).Id(">").Build()
+	} else {
+		cmd = b.c.B().Xreadgroup().Group(groupName(s.Name), consumer).Count(int64(count)).
+			Streams().Key(s.Subject).Id(">").Build()
+	}
 	res, err := b.c.Do(ctx, cmd).AsXRead()
 	if rueidis.IsRedisNil(err) {
 		return nil, nil

@@ -85,6 +85,7 @@ type Config struct {
 	AttemptRetention    Duration `env:"ATTEMPT_RETENTION" envDefault:"24h"`
 	AttemptLogMax       int      `env:"ATTEMPT_LOG_MAX" envDefault:"100000"`
 	PollInterval        Duration `env:"POLL_INTERVAL" envDefault:"1s"`
+	HotWait             Duration `env:"HOT_WAIT" envDefault:"50ms"`
 	PprofListen         string   `env:"PPROF_LISTEN"`
 	LogLevel            string   `env:"LOG_LEVEL" envDefault:"info"`
 	LogFormat           string   `env:"LOG_FORMAT" envDefault:"json"`
@@ -163,6 +164,9 @@ func (c *Config) Validate() error {
 		if err != nil || !isLoopback(h) {
 			return fmt.Errorf("BRIDGE_PPROF_LISTEN: %q must be a loopback host:port (profiles expose the process's memory)", c.PprofListen)
 		}
+	}
+	if c.HotWait < 0 || c.HotWait > Duration(time.Second) || (c.HotWait > 0 && c.HotWait < Duration(time.Millisecond)) {
+		return fmt.Errorf("BRIDGE_HOT_WAIT: %s out of range (0 to turn it off, or 1ms to 1s)", c.HotWait)
 	}
 	if c.PollInterval < Duration(50*time.Millisecond) || c.PollInterval > Duration(time.Minute) {
 		return fmt.Errorf("BRIDGE_POLL_INTERVAL: %s out of range (50ms to 1m)", c.PollInterval)

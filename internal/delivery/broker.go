@@ -37,7 +37,7 @@ type Fleet interface {
 type Streams interface {
 	EnsureGroup(ctx context.Context, subject, sub, start string) (bool, error)
 	// Read never blocks; it returns an error wrapping core.ErrNoGroup when the group is gone.
-	Read(ctx context.Context, s *core.Subscription, consumer string, count int) ([]core.Message, error)
+	Read(ctx context.Context, s *core.Subscription, consumer string, count int, wait time.Duration) ([]core.Message, error)
 	Reclaim(ctx context.Context, s *core.Subscription, consumer string, minIdle time.Duration, limit int) (core.Reclaimed, error)
 	ReclaimOthers(ctx context.Context, s *core.Subscription, consumer string, minIdle time.Duration, limit int) (core.Reclaimed, error)
 	PruneConsumers(ctx context.Context, s *core.Subscription, idleOver time.Duration) (int, error)

@@ -82,6 +82,11 @@ type Options struct {
 	Touch func(subject string)
 	// AttemptLog records every push attempt with its settlement (SPEC §9).
 	AttemptLog bool
+	// HotWait is how long a busy stream subscription's read waits in Redis for the next
+	// entry (XREADGROUP BLOCK, on a pooled connection) instead of waiting for the publish's
+	// wake-up and reading after it: one round trip less between publish and push. A
+	// subscription is busy for hotWindow after its last entry. 0: reads only on wake-ups.
+	HotWait time.Duration
 }
 
 // Engine delivers every active subscription. Start it once; Shutdown it once (a second
@@ -92,7 +97,9 @@ type Engine struct {
 	// send is how a push goes out: the client's transport directly when the client adds
 	// nothing a push needs (no redirects are followed, no cookie jar, no client timeout),
 	// which saves Client.Do's per-request header copy for redirects; client.Do otherwise.
-	send     func(*http.Request) (*http.Response, error)
+	send func(*http.Request) (*http.Response, error)
+	// hotReads counts the reads waiting in Redis now (see maxHotReads).
+	hotReads atomic.Int32
 	metrics  Metrics
 	log      *zap.Logger
 	consumer string

@@ -114,7 +114,16 @@ func (r *sub) push(abortCtx context.Context, s *core.Subscription, m *core.Messa
 	}
 	// Sized for what a push carries, so adding the headers never grows the map; every
 	// one-value slice is cut from one backing array instead of allocated on its own.
-	n := len(m.Headers) + len(s.Headers) + len(ev.headers) + 14
+	n := len(m.Headers) + len(s.Headers) + len(ev.headers) + 8 // the 8 every push carries
+	if m.IdleMS > 0 {
+		n++
+	}
+	if s.Deferrable() {
+		n++
+	}
+	if !m.FirstAttempt.IsZero() {
+		n += 2
+	}
 	h := make(http.Header, n)
 	vals := make([]string, 0, n)
 	set := func(k, v string) {

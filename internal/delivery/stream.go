@@ -129,9 +129,23 @@ func (r *sub) streamRound() bool {
 		r.lastRead.Store(&id)
 	}
 	want := n - used
+	// A busy subscription waits in Redis for its next entry (see hotWait): the entry
+	// comes the moment it is added, not after the publish's wake-up and another round trip.
+	var wait time.Duration
+	if r.gate == nil && r.limiter == nil && !r.probing && r.e.opts.HotWait > 0 && time.Since(r.prevGot) < hotWindow {
+		if r.e.hotReads.Add(1) <= maxHotReads {
+			wait = r.e.opts.HotWait
+		} else {
+			r.e.hotReads.Add(-1) // as many wait already as may: this one reads on wake-ups
+		}
+	}
+	hot := wait > 0
 	ctx, cancel := r.ctx()
-	msgs, err := r.e.b.Read(ctx, r.cfg, r.consumer, want)
+	msgs, err := r.e.b.Read(ctx, r.cfg, r.consumer, want, wait)
 	cancel()
+	if hot {
+		r.e.hotReads.Add(-1)
+	}
 	if errors.Is(err, core.ErrNoGroup) {
 		if err = r.recreateGroup(); err == nil {
 			return true
@@ -143,6 +157,7 @@ func (r *sub) streamRound() bool {
 	}
 	r.errs.ok(r.log, "reading the stream again")
 	if len(msgs) > 0 {
+		r.prevGot, r.lastGot = r.lastGot, time.Now()
 		id := msgs[len(msgs)-1].EntryID
 		r.lastRead.Store(&id)
 		r.e.opts.Touch(r.cfg.Subject)
@@ -155,7 +170,9 @@ func (r *sub) streamRound() bool {
 	used += len(msgs)
 	full := len(msgs) == want
 	r.saturated.Store(full)
-	return full
+	// While hot, the reader goes straight back to waiting in Redis; it cools down (back to
+	// wake-ups) once nothing came for hotWindow.
+	return full || hot
 }
 
 // noteLost counts pending entries that no longer existed in the stream.

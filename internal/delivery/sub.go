@@ -54,14 +54,19 @@ type sub struct {
 	inFlight  atomic.Int32
 	jobs      chan core.Message // to workers waiting for their next message
 
-	retryDue   atomic.Bool  // the retry set has (or may have) due messages
-	staleDue   atomic.Bool  // entries left by a dead consumer, or a dead list consumer, to take over
-	nextRetry  atomic.Int64 // unix ms of the earliest retry this process knows of; 0 = none
-	lastRead   atomic.Pointer[string]
-	sweptUpTo  atomic.Pointer[string] // the newest entry a sweep saw (streams)
-	lastBeat   atomic.Int64           // unix ms of this sub's last list heartbeat
-	pubsubQ    chan core.Message      // Pub/Sub messages waiting for a slot
-	pubsubDrop atomic.Int64
+	retryDue  atomic.Bool  // the retry set has (or may have) due messages
+	staleDue  atomic.Bool  // entries left by a dead consumer, or a dead list consumer, to take over
+	nextRetry atomic.Int64 // unix ms of the earliest retry this process knows of; 0 = none
+	lastRead  atomic.Pointer[string]
+	// lastGot and prevGot are when the last two reads that returned entries ran (reader
+	// only). Two within hotWindow make the subscription busy: its reader then waits in
+	// Redis for the next entry instead of for a wake-up. One message alone does not, so a
+	// burst over many quiet subscriptions does not open a connection for each.
+	lastGot, prevGot time.Time
+	sweptUpTo        atomic.Pointer[string] // the newest entry a sweep saw (streams)
+	lastBeat         atomic.Int64           // unix ms of this sub's last list heartbeat
+	pubsubQ          chan core.Message      // Pub/Sub messages waiting for a slot
+	pubsubDrop       atomic.Int64
 
 	errs errThrottle // reader only
 	// probing: this round won the circuit's probe; the next message dispatched is it
@@ -141,6 +146,14 @@ func (r *sub) kick() {
 	r.mu.Unlock()
 	go r.read()
 }
+
+// hotWindow is how long after its last entry a stream subscription counts as busy and
+// reads by waiting in Redis (Options.HotWait at a time) rather than by wake-ups.
+const hotWindow = 100 * time.Millisecond
+
+// maxHotReads bounds the reads one process has waiting in Redis at once, each on a pooled
+// connection of its own; past it, busy subscriptions read on wake-ups like quiet ones.
+const maxHotReads = 64
 
 // readerIdle is how long a reader waits for the next wake-up before it ends.
 const readerIdle = time.Second
