@@ -42,6 +42,18 @@ func metricValue(t *testing.T, br *bridge, name string) float64 {
 	return 0
 }
 
+// metricOrZero is metricValue, or 0 for a series the bridge has not written yet.
+func metricOrZero(t *testing.T, br *bridge, name string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(scrape(t, br), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f
+		}
+	}
+	return 0
+}
+
 // Hundreds of idle subscriptions cost next to nothing: a handful of Redis connections, no
 // goroutine each, a fraction of a Redis command a second each; and the first message
 // after idle is pushed at once.

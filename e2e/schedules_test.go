@@ -152,6 +152,11 @@ func TestScheduleTwoProcessesEveryTwoSeconds(t *testing.T) {
 	}
 	pushed := pushedTicks(t, rc)
 	checkConsecutive(t, pushed, 2*time.Second)
+	// Ticks count as published messages, in whichever process wrote each.
+	counter := `bridge_published_total{subject="` + subject + `",transport="stream"}`
+	if n := metricOrZero(t, b1, counter) + metricOrZero(t, b2, counter); int(n) != len(all) {
+		t.Fatalf("bridge_published_total says %v ticks, the stream holds %d", n, len(all))
+	}
 	p := rc.all()[0]
 	if p.Header.Get("Bridge-Schedule") != "every-two" || p.Header.Get("X-Job") != "sweep" ||
 		p.Header.Get("Content-Type") != "application/json" || string(p.Body) != `{"job":"sweep"}` {

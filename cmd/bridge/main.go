@@ -158,8 +158,12 @@ func run(ctx context.Context, environ []string) error {
 		}
 	}
 	ticker := schedules.New(b, schedules.Options{
-		Logger:    log.Named("schedules"),
-		Published: func(subject string) { published(subject, core.TransportStream) },
+		Logger: log.Named("schedules"),
+		Published: func(subject string) {
+			// A tick is a published message like any other, in the counter too.
+			mx.Published(subject, string(core.TransportStream), 1)
+			published(subject, core.TransportStream)
+		},
 	})
 	handler := httpapi.NewHandler(b, reg, engine, httpapi.Options{
 		Tokens:            tokens,

@@ -4,7 +4,6 @@ package core
 
 import (
 	"errors"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -33,8 +32,6 @@ var (
 	ErrLeaseToken = errors.New("the lease token is not this delivery's")
 )
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$`)
-
 // ReservedPrefix begins every key and channel the bridge keeps for itself. A subject,
 // pattern or subscription name with it could overwrite the registry or read internal
 // channels, so none may begin with it.
@@ -43,8 +40,19 @@ const ReservedPrefix = "bridge:"
 // ValidSubject reports whether s is a subject (and stream key) the bridge accepts.
 // The rule excludes braces, so a subject can always be used as a cluster hash tag.
 func ValidSubject(s string) bool {
-	return nameRE.MatchString(s) && !strings.HasPrefix(s, ReservedPrefix)
+	// A loop, not a regexp: this runs on every publish (^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$).
+	if len(s) == 0 || len(s) > 200 || !alnum(s[0]) {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		if c := s[i]; !alnum(c) && c != '_' && c != '.' && c != ':' && c != '-' {
+			return false
+		}
+	}
+	return !strings.HasPrefix(s, ReservedPrefix)
 }
+
+func alnum(c byte) bool { return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' }
 
 // ValidName reports whether s is a valid subscription name (same rule as subjects).
 func ValidName(s string) bool { return ValidSubject(s) }

@@ -2,6 +2,7 @@ package core
 
 import (
 	"encoding/json"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +17,11 @@ func FuzzValidSubject(f *testing.F) {
 	} {
 		f.Add(s)
 	}
+	subjectRE := regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$`) // SubjectRule, as written
 	f.Fuzz(func(t *testing.T, s string) {
+		if want := subjectRE.MatchString(s) && !strings.HasPrefix(s, ReservedPrefix); ValidSubject(s) != want {
+			t.Fatalf("ValidSubject(%q) = %v, SubjectRule says %v", s, !want, want)
+		}
 		if ValidSubject(s) != ValidName(s) {
 			t.Fatalf("ValidSubject and ValidName disagree on %q", s)
 		}

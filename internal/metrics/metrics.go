@@ -51,7 +51,7 @@ func New() *Metrics {
 	m := &Metrics{
 		reg: prometheus.NewRegistry(),
 		published: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "bridge_published_total", Help: "Messages written to Redis by publish requests.",
+			Name: "bridge_published_total", Help: "Messages written to Redis by publish requests and schedule ticks.",
 		}, []string{"subject", "transport"}),
 		publishErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bridge_publish_errors_total", Help: "Publish requests refused or failed, by problem code.",
