@@ -53,3 +53,21 @@ func TestNum(t *testing.T) {
 		}
 	}
 }
+
+func TestPairedRatios(t *testing.T) {
+	e2e := func(v float64) *serverResult { return &serverResult{E2E: &e2eResult{PushesPerSec: v}} }
+	// A machine that slows down from round to round: the ratio of medians pairs the
+	// bridge's fast round with the minimal's slow one; paired ratios do not.
+	bridge := []*serverResult{e2e(12000), e2e(7800), e2e(7600)}
+	minimal := []*serverResult{e2e(11800), e2e(8400), e2e(7600), e2e(9000)}
+	got := pairedRatios(bridge, minimal, roundMetrics[0])
+	if len(got) != 3 {
+		t.Fatalf("%d ratios, want 3 (rounds both measured)", len(got))
+	}
+	if m := median(got); m < 0.99 || m > 1.02 {
+		t.Fatalf("median paired ratio %.3f, want 1.00 (rounds 1.02, 0.93, 1.00)", m)
+	}
+	if got := pairedRatios(bridge, []*serverResult{{}}, roundMetrics[0]); len(got) != 0 {
+		t.Fatalf("a round the minimal did not measure gave ratios %v", got)
+	}
+}

@@ -122,15 +122,35 @@ func printRounds(p func(string, ...any), r *results) {
 	}
 	p("")
 	p("rounds (%d each, alternating which server goes first): medians, spread = (max-min)/median", len(r.BridgeRounds))
-	p("%-20s %-34s %-34s %s", "metric", "bridge rounds -> median (spread)", "minimal rounds -> median (spread)", "bridge/minimal")
+	p("%-20s %-34s %-34s %-15s %s", "metric", "bridge rounds -> median (spread)", "minimal rounds -> median (spread)", "bridge/minimal", "paired")
 	for _, m := range roundMetrics {
 		b, mn := values(r.BridgeRounds, m), values(r.MinimalRounds, m)
 		if len(b) == 0 || len(mn) == 0 {
 			continue
 		}
 		ratio := median(b) / median(mn)
-		p("%-20s %-34s %-34s %.2fx", m.name, roundCell(b), roundCell(mn), ratio)
+		paired := "-"
+		if pr := pairedRatios(r.BridgeRounds, r.MinimalRounds, m); len(pr) > 0 {
+			paired = fmt.Sprintf("%.2fx", median(pr))
+		}
+		p("%-20s %-34s %-34s %-15s %s", m.name, roundCell(b), roundCell(mn), fmt.Sprintf("%.2fx", ratio), paired)
 	}
+	p("paired: the median of each round's bridge/minimal ratio. The two servers of a round run")
+	p("back to back, so a slow stretch of the machine moves both; compare it with the ratio of")
+	p("medians, which pairs the rounds only by rank.")
+}
+
+// pairedRatios is bridge/minimal of m for every round both servers measured.
+func pairedRatios(bridge, minimal []*serverResult, m roundMetric) []float64 {
+	var out []float64
+	for i := range min(len(bridge), len(minimal)) {
+		b, okB := m.value(bridge[i])
+		mn, okM := m.value(minimal[i])
+		if okB && okM && mn > 0 {
+			out = append(out, b/mn)
+		}
+	}
+	return out
 }
 
 func roundCell(v []float64) string {
