@@ -36,10 +36,21 @@ func (s *Stats) idle(d core.StatsDelta) bool {
 
 // record notes the outcome of one push.
 func (s *Stats) record(status int, errText string) {
-	s.LastStatus.Store(int64(status))
-	s.lastError.Store(&errText)
-	s.lastAt.Store(time.Now().UnixMilli())
+	// Every push of the subscription, from every worker, lands here: write only what
+	// changed, so successive pushes with the same answer do not keep taking the cache line
+	// from each other (nor allocate the error text).
+	if int64(status) != s.LastStatus.Load() {
+		s.LastStatus.Store(int64(status))
+	}
+	if cur := s.lastError.Load(); cur == nil || *cur != errText {
+		s.setLastError(errText)
+	}
+	if now := time.Now().UnixMilli(); now != s.lastAt.Load() {
+		s.lastAt.Store(now)
+	}
 }
+
+func (s *Stats) setLastError(e string) { s.lastError.Store(&e) }
 
 // delta is what the shared counters have not seen yet.
 func (s *Stats) delta() core.StatsDelta {
