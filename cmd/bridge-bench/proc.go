@@ -384,13 +384,38 @@ func memStatus(pid int) (peak, cur uint64, err error) {
 type cpuMeter map[string]int
 
 func (m cpuMeter) read() map[string]float64 {
-	out := make(map[string]float64, len(m))
+	out := make(map[string]float64, len(m)+1)
 	for name, pid := range m {
 		if s, err := cpuSeconds(pid); err == nil {
 			out[name] = s
 		}
 	}
+	if s, err := stealSeconds(); err == nil {
+		out["steal"] = s
+	}
 	return out
+}
+
+// stealSeconds is the machine's steal time so far (all CPUs, /proc/stat): time the
+// hypervisor gave this VM's CPUs to someone else. A phase with steal ran on a slower
+// machine than its neighbours, whatever the server did.
+func stealSeconds() (float64, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	// cpu user nice system idle iowait irq softirq steal ...
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, errors.New("unexpected /proc/stat format")
+	}
+	st, err := strconv.ParseUint(f[8], 10, 64)
+	if err != nil {
+		return 0, err
+	}
+	const clockTick = 100
+	return float64(st) / clockTick, nil
 }
 
 // cpuWindow is an open measurement, see cpuMeter.start.

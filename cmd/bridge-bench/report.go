@@ -94,6 +94,10 @@ var rowOrder = []string{
 	"cpu      e2e      server/redis/bench",
 	"cpu      paced    server/redis/bench",
 	"cpu      drain    server/redis/bench",
+	"steal    publish  cores taken by the host",
+	"steal    e2e      cores taken by the host",
+	"steal    paced    cores taken by the host",
+	"steal    drain    cores taken by the host",
 	"process  peak RSS (VmHWM)",
 	"process  start to /readyz 200",
 	"process  SIGTERM shutdown",
@@ -140,6 +144,9 @@ func cells(s *serverResult) map[string]cell {
 	for _, ph := range [][2]string{{"publish", "publish"}, {"e2e    ", "end-to-end"}, {"paced  ", "paced"}, {"drain  ", "drain"}} {
 		if u, ok := s.CPU[ph[1]]; ok && len(u) > 0 {
 			text("cpu      "+ph[0]+"  server/redis/bench", fmt.Sprintf("%.2f / %.2f / %.2f", u["server"], u["redis"], u["bench"]))
+			if st, ok := u["steal"]; ok {
+				text("steal    "+ph[0]+"  cores taken by the host", fmt.Sprintf("%.2f", st))
+			}
 		}
 	}
 	if s.PeakRSS > 0 {

@@ -76,6 +76,13 @@ var roundMetrics = []roundMetric{
 	{name: "e2e CPU µs/msg", value: cpuPerMessage("end-to-end", e2eMsgs)},
 	{name: "drain CPU µs/msg", value: cpuPerMessage("drain", drainMsgs)},
 	{name: "publish CPU µs/req", value: cpuPerMessage("publish", publishReqs)},
+	// Not the server's doing: how much of the machine the host took during the busiest
+	// phases. Rounds with steal are the ones to distrust.
+	{name: "steal cores e2e/drain", value: func(sr *serverResult) (float64, bool) {
+		e, ok1 := sr.CPU["end-to-end"]["steal"]
+		d, ok2 := sr.CPU["drain"]["steal"]
+		return e + d, ok1 || ok2
+	}},
 	{name: "peak RSS MiB", value: func(sr *serverResult) (float64, bool) {
 		return float64(sr.PeakRSS) / (1 << 20), sr.PeakRSS > 0
 	}},
@@ -128,12 +135,14 @@ func printRounds(p func(string, ...any), r *results) {
 		if len(b) == 0 || len(mn) == 0 {
 			continue
 		}
-		ratio := median(b) / median(mn)
-		paired := "-"
+		ratio, paired := "-", "-"
+		if median(mn) > 0 {
+			ratio = fmt.Sprintf("%.2fx", median(b)/median(mn))
+		}
 		if pr := pairedRatios(r.BridgeRounds, r.MinimalRounds, m); len(pr) > 0 {
 			paired = fmt.Sprintf("%.2fx", median(pr))
 		}
-		p("%-20s %-34s %-34s %-15s %s", m.name, roundCell(b), roundCell(mn), fmt.Sprintf("%.2fx", ratio), paired)
+		p("%-20s %-34s %-34s %-15s %s", m.name, roundCell(b), roundCell(mn), ratio, paired)
 	}
 	p("paired: the median of each round's bridge/minimal ratio. The two servers of a round run")
 	p("back to back, so a slow stretch of the machine moves both; compare it with the ratio of")
