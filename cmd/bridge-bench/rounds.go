@@ -9,6 +9,8 @@ import (
 // A metric of one round of one server, for the medians over rounds.
 type roundMetric struct {
 	name string
+	// noRatio: a figure about the machine, not the server, so no bridge/minimal ratio.
+	noRatio bool
 	// value reads it from a round; ok is false when the phase is missing.
 	value func(sr *serverResult) (float64, bool)
 }
@@ -78,7 +80,7 @@ var roundMetrics = []roundMetric{
 	{name: "publish CPU µs/req", value: cpuPerMessage("publish", publishReqs)},
 	// Not the server's doing: how much of the machine the host took during the busiest
 	// phases. Rounds with steal are the ones to distrust.
-	{name: "steal cores e2e/drain", value: func(sr *serverResult) (float64, bool) {
+	{name: "steal cores e2e/drain", noRatio: true, value: func(sr *serverResult) (float64, bool) {
 		e, ok1 := sr.CPU["end-to-end"]["steal"]
 		d, ok2 := sr.CPU["drain"]["steal"]
 		return e + d, ok1 || ok2
@@ -136,6 +138,10 @@ func printRounds(p func(string, ...any), r *results) {
 			continue
 		}
 		ratio, paired := "-", "-"
+		if m.noRatio {
+			p("%-20s %-34s %-34s %-15s %s", m.name, roundCell(b), roundCell(mn), ratio, paired)
+			continue
+		}
 		if median(mn) > 0 {
 			ratio = fmt.Sprintf("%.2fx", median(b)/median(mn))
 		}
