@@ -32,26 +32,30 @@ func redisInfo(t *testing.T, rs *redistest.Server, section, field string) int64 
 
 func metricValue(t *testing.T, br *bridge, name string) float64 {
 	t.Helper()
-	for _, line := range strings.Split(scrape(t, br), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			return f
-		}
+	v, ok := metricLookup(t, br, name)
+	if !ok {
+		t.Fatalf("no %s in /metrics", name)
 	}
-	t.Fatalf("no %s in /metrics", name)
-	return 0
+	return v
 }
 
 // metricOrZero is metricValue, or 0 for a series the bridge has not written yet.
 func metricOrZero(t *testing.T, br *bridge, name string) float64 {
 	t.Helper()
+	v, _ := metricLookup(t, br, name)
+	return v
+}
+
+// metricLookup finds the sample of name (with its labels, as /metrics writes them).
+func metricLookup(t *testing.T, br *bridge, name string) (float64, bool) {
+	t.Helper()
 	for _, line := range strings.Split(scrape(t, br), "\n") {
 		if v, ok := strings.CutPrefix(line, name+" "); ok {
 			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			return f
+			return f, true
 		}
 	}
-	return 0
+	return 0, false
 }
 
 // Hundreds of idle subscriptions cost next to nothing: a handful of Redis connections, no

@@ -167,6 +167,8 @@ func (b *Broker) destroyGroup(ctx context.Context, subject, sub string) error {
 // to that long for an entry (XREADGROUP BLOCK): the engine asks for that only while a
 // subscription is busy.
 func (b *Broker) Read(ctx context.Context, s *core.Subscription, consumer string, count int, wait time.Duration) ([]core.Message, error) {
+	// Two whole chains: rueidis builders append to one command as they go, so a shared
+	// prefix cannot be branched, and its intermediate types are not importable.
 	var cmd rueidis.Completed
 	if wait > 0 {
 		// A blocking read runs on a pooled connection of its own: Redis answers it the moment

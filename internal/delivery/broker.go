@@ -36,7 +36,8 @@ type Fleet interface {
 // Streams reads a subscription's consumer group.
 type Streams interface {
 	EnsureGroup(ctx context.Context, subject, sub, start string) (bool, error)
-	// Read never blocks; it returns an error wrapping core.ErrNoGroup when the group is gone.
+	// Read blocks up to wait for an entry (0: never); it returns an error wrapping
+	// core.ErrNoGroup when the group is gone.
 	Read(ctx context.Context, s *core.Subscription, consumer string, count int, wait time.Duration) ([]core.Message, error)
 	Reclaim(ctx context.Context, s *core.Subscription, consumer string, minIdle time.Duration, limit int) (core.Reclaimed, error)
 	ReclaimOthers(ctx context.Context, s *core.Subscription, consumer string, minIdle time.Duration, limit int) (core.Reclaimed, error)

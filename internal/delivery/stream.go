@@ -129,16 +129,7 @@ func (r *sub) streamRound() bool {
 		r.lastRead.Store(&id)
 	}
 	want := n - used
-	// A busy subscription waits in Redis for its next entry (see hotWait): the entry
-	// comes the moment it is added, not after the publish's wake-up and another round trip.
-	var wait time.Duration
-	if r.gate == nil && r.limiter == nil && !r.probing && r.e.opts.HotWait > 0 && time.Since(r.prevGot) < hotWindow {
-		if r.e.hotReads.Add(1) <= maxHotReads {
-			wait = r.e.opts.HotWait
-		} else {
-			r.e.hotReads.Add(-1) // as many wait already as may: this one reads on wake-ups
-		}
-	}
+	wait := r.hotWait()
 	hot := wait > 0
 	ctx, cancel := r.ctx()
 	msgs, err := r.e.b.Read(ctx, r.cfg, r.consumer, want, wait)
@@ -173,6 +164,21 @@ func (r *sub) streamRound() bool {
 	// While hot, the reader goes straight back to waiting in Redis; it cools down (back to
 	// wake-ups) once nothing came for hotWindow.
 	return full || hot
+}
+
+// hotWait is how long this round's read may wait in Redis for its next entry: HotWait for
+// a busy subscription (the entry comes the moment it is added, not after the publish's
+// wake-up and another round trip), holding one of the process's maxHotReads slots, which
+// the caller gives back after the read; 0 otherwise.
+func (r *sub) hotWait() time.Duration {
+	if r.gate != nil || r.limiter != nil || r.probing || r.e.opts.HotWait <= 0 || time.Since(r.prevGot) >= hotWindow {
+		return 0
+	}
+	if r.e.hotReads.Add(1) > maxHotReads {
+		r.e.hotReads.Add(-1) // as many wait already as may: this one reads on wake-ups
+		return 0
+	}
+	return r.e.opts.HotWait
 }
 
 // noteLost counts pending entries that no longer existed in the stream.
