@@ -179,7 +179,7 @@ func (b *Broker) Read(ctx context.Context, s *core.Subscription, consumer string
 		cmd = b.c.B().Xreadgroup().Group(groupName(s.Name), consumer).Count(int64(count)).
 			Streams().Key(s.Subject).Id(">").Build()
 	}
-	res, err := b.c.Do(ctx, cmd).AsXRead()
+	reply, err := b.c.Do(ctx, cmd).ToMessage()
 	if rueidis.IsRedisNil(err) {
 		return nil, nil
 	}
@@ -189,38 +189,153 @@ func (b *Broker) Read(ctx context.Context, s *core.Subscription, consumer string
 	if err != nil {
 		return nil, fmt.Errorf("xreadgroup %s: %w", s.Subject, classify(err))
 	}
-	entries := res[s.Subject]
+	// The reply is walked in place: AsXRead would build a map of every entry's fields
+	// only for DecodeEntry to read it once.
+	entries, err := streamEntries(reply, s.Subject)
+	if err != nil {
+		return nil, fmt.Errorf("xreadgroup %s: %w", s.Subject, err)
+	}
 	msgs := make([]core.Message, 0, len(entries))
-	for _, e := range entries {
-		m := DecodeEntry(s.Subject, e)
+	var kv []string // one buffer for every entry's fields: decodePairs keeps none of it
+	for i := range entries {
+		var id string
+		id, kv, err = entryPairs(&entries[i], kv[:0])
+		if err != nil {
+			return nil, fmt.Errorf("xreadgroup %s: %w", s.Subject, err)
+		}
+		m := decodePairs(s.Subject, id, kv)
 		m.Deliveries = 1
 		msgs = append(msgs, m)
 	}
 	return msgs, nil
 }
 
+// streamEntries is the entries of one stream in an XREAD or XREADGROUP reply: a map of
+// stream to entries in RESP3, an array of [stream, entries] pairs in RESP2.
+func streamEntries(reply rueidis.RedisMessage, stream string) ([]rueidis.RedisMessage, error) {
+	if reply.IsMap() {
+		streams, err := reply.AsMap()
+		if err != nil {
+			return nil, err
+		}
+		e, ok := streams[stream]
+		if !ok {
+			return nil, nil
+		}
+		return e.ToArray()
+	}
+	pairs, err := reply.ToArray()
+	if err != nil {
+		return nil, err
+	}
+	for i := range pairs {
+		p, err := pairs[i].ToArray()
+		if err != nil || len(p) != 2 {
+			return nil, fmt.Errorf("stream reply: want [stream, entries], got %d items (%v)", len(p), err)
+		}
+		if name, _ := p[0].ToString(); name == stream {
+			return p[1].ToArray()
+		}
+	}
+	return nil, nil
+}
+
+// entryPairs appends the field/value pairs of a stream entry ([id, [field, value, ...]]) to
+// kv, as Redis sent them. An entry deleted since it was read has no fields: kv stays nil.
+func entryPairs(e *rueidis.RedisMessage, kv []string) (id string, _ []string, err error) {
+	parts, err := e.ToArray()
+	if err != nil || len(parts) != 2 {
+		return "", kv, fmt.Errorf("stream entry: want [id, fields], got %d items (%v)", len(parts), err)
+	}
+	if id, err = parts[0].ToString(); err != nil {
+		return "", kv, fmt.Errorf("stream entry id: %w", err)
+	}
+	if parts[1].IsNil() {
+		return id, nil, nil
+	}
+	if parts[1].IsMap() {
+		fields, err := parts[1].AsStrMap()
+		if err != nil {
+			return "", kv, fmt.Errorf("stream entry fields: %w", err)
+		}
+		return id, appendPairs(kv, fields), nil
+	}
+	fields, err := parts[1].ToArray()
+	if err != nil {
+		return "", kv, fmt.Errorf("stream entry fields: %w", err)
+	}
+	for i := range fields {
+		v, _ := fields[i].ToString() // a non-string field reads as "", as AsStrMap has it
+		kv = append(kv, v)
+	}
+	if kv == nil {
+		kv = []string{} // present but empty: not a deleted entry
+	}
+	return id, kv, nil
+}
+
+// appendPairs appends a map's fields to kv as field/value pairs (never nil: the fields
+// are there, even if none).
+func appendPairs(kv []string, fields map[string]string) []string {
+	if kv == nil {
+		kv = make([]string, 0, 2*len(fields))
+	}
+	for k, v := range fields {
+		kv = append(kv, k, v)
+	}
+	return kv
+}
+
 // DecodeEntry turns a stream entry into a message. Entries in ruststream-fred's layout give
 // their payload and h: headers; any other entry is delivered as a JSON object of its fields.
 func DecodeEntry(subject string, e rueidis.XRangeEntry) core.Message {
-	m := core.Message{ID: core.MessageID(subject, e.ID), Subject: subject, EntryID: e.ID, Origin: core.FromStream}
+	var kv []string
+	if e.FieldValues != nil {
+		kv = appendPairs(nil, e.FieldValues)
+	}
+	return decodePairs(subject, e.ID, kv)
+}
+
+// decodePairs is DecodeEntry over the entry's field/value pairs in stream order (nil: an
+// entry without fields). A field given twice counts as its last value, as in a map of them.
+func decodePairs(subject, entryID string, kv []string) core.Message {
+	m := core.Message{ID: core.MessageID(subject, entryID), Subject: subject, EntryID: entryID, Origin: core.FromStream}
+	var id, payload string
+	hasPayload, headers := false, 0
+	for i := 0; i+1 < len(kv); i += 2 {
+		switch k := kv[i]; {
+		case k == idField:
+			id = kv[i+1]
+		case k == payloadField:
+			payload, hasPayload = kv[i+1], true
+		case strings.HasPrefix(k, headerPrefix):
+			headers++
+		}
+	}
 	// A message published with a delay got its id before its entry existed; the entry
 	// carries it so the id stays the one the publisher was given.
-	if id := e.FieldValues[idField]; validID(id) {
+	if validID(id) {
 		m.ID = id
 	}
-	payload, ok := e.FieldValues[payloadField]
-	if !ok {
-		m.Body, _ = json.Marshal(e.FieldValues) // map[string]string cannot fail to marshal
+	if !hasPayload {
+		var fields map[string]string
+		if kv != nil {
+			fields = make(map[string]string, len(kv)/2)
+			for i := 0; i+1 < len(kv); i += 2 {
+				fields[kv[i]] = kv[i+1]
+			}
+		}
+		m.Body, _ = json.Marshal(fields) // map[string]string cannot fail to marshal
 		m.Headers = map[string]string{core.HeaderContentType: "application/json"}
 		return m
 	}
 	m.Body = []byte(payload)
-	m.Headers = make(map[string]string, len(e.FieldValues)-1)
-	for k, v := range e.FieldValues {
+	m.Headers = make(map[string]string, headers)
+	for i := 0; i+1 < len(kv); i += 2 {
 		// Another producer may have written anything: a header that is not valid HTTP
 		// would make every push of the message fail, so it is left out.
-		if name, ok := strings.CutPrefix(k, headerPrefix); ok && httpguts.ValidHeaderFieldName(name) && httpguts.ValidHeaderFieldValue(v) {
-			m.Headers[strings.ToLower(name)] = v
+		if name, ok := strings.CutPrefix(kv[i], headerPrefix); ok && httpguts.ValidHeaderFieldName(name) && httpguts.ValidHeaderFieldValue(kv[i+1]) {
+			m.Headers[strings.ToLower(name)] = kv[i+1]
 		}
 	}
 	return m
