@@ -111,3 +111,77 @@ func TestEngineDeliversAndStopsCleanly(t *testing.T) {
 	client.Close()
 	recv.Close()
 }
+
+// A worker times its pushes with one context and timer while none runs out of time. A push
+// that does must fail as a timeout (not as a canceled request), and the same worker's next
+// pushes must get a fresh clock rather than the expired one.
+func TestPushTimeoutKeepsWorkerUsable(t *testing.T) {
+	rs := redistest.Start(t, redistest.Options{})
+	b := broker.New(rs.Client(t), broker.WithAttemptLog(100))
+	var calls, ok atomic.Int64
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 1 {
+			select { // outlive the 200ms timeout once
+			case <-time.After(2 * time.Second):
+			case <-r.Context().Done():
+			}
+			return
+		}
+		ok.Add(1)
+		w.WriteHeader(204)
+	}))
+	defer recv.Close()
+	ctx := context.Background()
+	timeout, vis, one := core.Duration(200*time.Millisecond), core.Duration(2*time.Second), 1
+	backoff := core.Duration(10 * time.Millisecond)
+	in := core.SubscriptionInput{Subject: "slow", URL: recv.URL, Timeout: &timeout, VisibilityTimeout: &vis, MaxInFlight: &one,
+		Retry: &core.RetryInput{MinBackoff: &backoff, MaxBackoff: &backoff}}
+	in.Secret, _ = webhook.NewSecret()
+	s, err := in.Build("slow")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.EnsureGroup(ctx, s.Subject, s.Name, s.Start); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.MarkLive(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.PutSubscription(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	e := delivery.New(b, delivery.Options{RegistryPoll: 50 * time.Millisecond, PollInterval: 50 * time.Millisecond, AttemptLog: true})
+	e.Start()
+	defer func() {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		_ = e.Shutdown(sctx)
+	}()
+	var ids []string
+	for range 5 {
+		id, err := b.Publish(ctx, s.Subject, []byte("x"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	redistest.Eventually(t, 10*time.Second, func() bool { return ok.Load() == 5 }, "delivered %d of 5", ok.Load())
+	var timeouts int
+	for _, id := range ids {
+		atts, err := b.MessageAttempts(ctx, s, id, time.Time{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range atts {
+			if a.Outcome != core.OutcomeAck {
+				if a.Error != "timeout after 200ms" {
+					t.Errorf("failed attempt of %s: %q, want a timeout", id, a.Error)
+				}
+				timeouts++
+			}
+		}
+	}
+	if timeouts != 1 || calls.Load() != 6 {
+		t.Fatalf("%d timed-out attempts in %d calls; want 1 in 6", timeouts, calls.Load())
+	}
+}

@@ -98,11 +98,58 @@ type pushResult struct {
 // maxContextError bounds the bridge-last-error header of a retry (SPEC §10).
 const maxContextError = 256
 
-// push sends m to the subscription's webhook once. It returns aborted=true when the push
-// was cut by a shutdown past its grace: the message is then left unsettled for reclaim.
-func (r *sub) push(abortCtx context.Context, s *core.Subscription, m *core.Message) (res pushResult, aborted bool) {
-	ctx, cancel := context.WithTimeout(abortCtx, time.Duration(s.Timeout))
-	defer cancel()
+// pushClock times the pushes of one worker, one after another, with one context and one
+// timer for as long as none runs out of time. A context.WithTimeout per push cost a
+// context, a timer and a cancel: about 2% of the bridge's CPU at full rate.
+type pushClock struct {
+	parent context.Context // cut by a shutdown past its grace
+	ctx    context.Context
+	cancel context.CancelFunc
+	timer  *time.Timer // cancels ctx when a push outlives its timeout
+}
+
+// begin starts the clock of a push that may take up to d and returns its context.
+func (c *pushClock) begin(d time.Duration) context.Context {
+	if c.ctx == nil {
+		c.ctx, c.cancel = context.WithCancel(c.parent)
+		c.timer = time.AfterFunc(d, c.cancel)
+		return c.ctx
+	}
+	c.timer.Reset(d)
+	return c.ctx
+}
+
+// end stops the clock of the push begun last and reports whether it ran out of time.
+func (c *pushClock) end() (expired bool) {
+	if c.timer.Stop() {
+		return false
+	}
+	// Fired (or firing): this context is done for; the next push gets a new one.
+	c.cancel()
+	c.ctx = nil
+	return true
+}
+
+// close releases the context and the timer; the worker calls it when it ends.
+func (c *pushClock) close() {
+	if c.ctx != nil {
+		c.timer.Stop()
+		c.cancel()
+		c.ctx = nil
+	}
+}
+
+// push sends m to the subscription's webhook once, timed by clock. It returns aborted=true
+// when the push was cut by a shutdown past its grace: the message is then left unsettled
+// for reclaim.
+func (r *sub) push(clock *pushClock, s *core.Subscription, m *core.Message) (res pushResult, aborted bool) {
+	ctx := clock.begin(time.Duration(s.Timeout))
+	ended := false
+	defer func() {
+		if !ended {
+			clock.end()
+		}
+	}()
 	body, ct := m.Body, m.Headers[core.HeaderContentType]
 	ev, isEvent := cloudEvent(s.Format, m)
 	if isEvent {
@@ -112,17 +159,29 @@ func (r *sub) push(abortCtx context.Context, s *core.Subscription, m *core.Messa
 	if err != nil {
 		return pushResult{errText: "build request: " + err.Error()}, false
 	}
-	// Sized for what a push carries, so adding the headers never grows the map; every
-	// one-value slice is cut from one backing array instead of allocated on its own.
-	n := len(m.Headers) + len(s.Headers) + len(ev.headers) + 8 // the 8 every push carries
+	// Sized exactly for what this push carries, so adding the headers never grows the map
+	// (and the usual eight fit the runtime's one-group small map); every one-value slice
+	// is cut from one backing array instead of allocated on its own.
+	pass := func(k string) bool {
+		return !core.ForbiddenPushHeader(k) && k != core.HeaderContentType && (!isEvent || !strings.HasPrefix(k, "ce-"))
+	}
+	n := len(s.Headers) + len(ev.headers) + 8 // the 8 every push carries
+	for k := range m.Headers {
+		if pass(k) {
+			n++
+		}
+	}
 	if m.IdleMS > 0 {
 		n++
 	}
-	if s.Deferrable() {
+	if s.Deferrable() && m.Origin != core.Unsettled {
 		n++
 	}
 	if !m.FirstAttempt.IsZero() {
-		n += 2
+		n++
+		if m.LastStatus > 0 || m.LastError != "" {
+			n++
+		}
 	}
 	h := make(http.Header, n)
 	vals := make([]string, 0, n)
@@ -132,10 +191,9 @@ func (r *sub) push(abortCtx context.Context, s *core.Subscription, m *core.Messa
 	}
 	req.Header = h
 	for k, v := range m.Headers {
-		if core.ForbiddenPushHeader(k) || k == core.HeaderContentType || (isEvent && strings.HasPrefix(k, "ce-")) {
-			continue
+		if pass(k) {
+			set(canonical(k), v)
 		}
-		set(canonical(k), v)
 	}
 	for k, v := range ev.headers {
 		set(canonical(k), v)
@@ -179,10 +237,15 @@ func (r *sub) push(abortCtx context.Context, s *core.Subscription, m *core.Messa
 	resp, err := r.e.send(req)
 	res.latency = time.Since(now)
 	if err != nil {
-		if abortCtx.Err() != nil {
+		if clock.parent.Err() != nil {
 			return res, true
 		}
-		res.errText = describeTransportError(err, time.Duration(s.Timeout))
+		ended = true
+		if clock.end() {
+			res.errText = fmt.Sprintf("timeout after %s", time.Duration(s.Timeout))
+		} else {
+			res.errText = describeTransportError(err, time.Duration(s.Timeout))
+		}
 		return res, false
 	}
 	res.status = resp.StatusCode
