@@ -30,7 +30,10 @@ import (
 
 // Metrics is what the engine reports; *metrics.Metrics implements it.
 type Metrics interface {
-	Pushed(sub string, status int, outcome string, d time.Duration)
+	// ForSubscription returns what records the pushes of one subscription.
+	ForSubscription(sub string) interface {
+		Pushed(status int, outcome string, d time.Duration)
+	}
 	Lost(sub string, n int)
 	ScheduledDropped(subject string)
 	// Filtered counts messages a subscription's filter acked without a push.
@@ -39,10 +42,15 @@ type Metrics interface {
 
 type noMetrics struct{}
 
-func (noMetrics) Pushed(string, int, string, time.Duration) {}
-func (noMetrics) Lost(string, int)                          {}
-func (noMetrics) ScheduledDropped(string)                   {}
-func (noMetrics) Filtered(string)                           {}
+func (noMetrics) ForSubscription(string) interface {
+	Pushed(status int, outcome string, d time.Duration)
+} {
+	return noMetrics{}
+}
+func (noMetrics) Pushed(int, string, time.Duration) {}
+func (noMetrics) Lost(string, int)                  {}
+func (noMetrics) ScheduledDropped(string)           {}
+func (noMetrics) Filtered(string)                   {}
 
 // Defaults of Options.
 const (
@@ -1025,7 +1033,9 @@ func (e *Engine) reconcileLocked(name string, s *core.Subscription, ch *changeSe
 	}
 	var err error
 	if l == nil {
-		l, err = newLiveSub(s)
+		if l, err = newLiveSub(s); err == nil {
+			l.pushes = e.metrics.ForSubscription(name)
+		}
 	} else {
 		err = l.update(s)
 	}

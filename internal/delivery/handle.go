@@ -74,7 +74,7 @@ func (r *sub) handle(m *core.Message, clock *pushClock) result {
 	if outcome == Ack && res.deferFor > 0 {
 		label = core.OutcomeDeferred
 	}
-	r.e.metrics.Pushed(cfg.Name, res.status, label, res.latency)
+	r.live.pushes.Pushed(res.status, label, res.latency)
 	if ce := log.Check(zap.DebugLevel, "pushed"); ce != nil {
 		ce.Write(zap.String("message_id", m.ID), zap.Int("status", res.status), zap.Int("delivery", m.Deliveries),
 			zap.Stringer("outcome", outcome), zap.Duration("latency", res.latency))

@@ -26,6 +26,10 @@ type liveSub struct {
 	circuit circuitLocal
 	// filter is the compiled filter of the configuration in force; nil when it has none.
 	filter atomic.Pointer[filter.Program]
+	// pushes records this subscription's pushes in the metrics.
+	pushes interface {
+		Pushed(status int, outcome string, d time.Duration)
+	}
 }
 
 // signerState is a signer and when its set of secrets stops being valid (a rotation's end).
