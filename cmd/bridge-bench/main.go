@@ -100,9 +100,11 @@ func parseFlags() options {
 	flag.BoolVar(&o.scaleOnly, "scale-only", false, "run only the scale phases (idle subscriptions, fan-out, spread)")
 	flag.StringVar(&benchFilter, "filter", "", "a CEL filter set on the bridge's benchmark subscriptions (it should match every message, e.g. 'subject.startsWith(\"bench\")'), to measure its cost")
 	flag.BoolVar(&benchOTLP, "otlp", false, "export the bridge's traces to an OTLP sink the benchmark runs (discarding), to measure tracing's cost")
-	flag.Func("bridge-env", "KEY=VALUE added to every bridge the benchmark starts (repeatable), e.g. BRIDGE_PPROF_LISTEN=127.0.0.1:6060 or OTEL_BSP_MAX_QUEUE_SIZE=8192", func(v string) error {
-		if !(strings.HasPrefix(v, "BRIDGE_") || strings.HasPrefix(v, "OTEL_")) || !strings.Contains(v, "=") {
-			return fmt.Errorf("want BRIDGE_NAME=value or OTEL_NAME=value")
+	flag.Func("bridge-env", "KEY=VALUE added to every bridge the benchmark starts (repeatable), e.g. BRIDGE_PPROF_LISTEN=127.0.0.1:6060, OTEL_BSP_MAX_QUEUE_SIZE=8192 or GOGC=200", func(v string) error {
+		name, _, ok := strings.Cut(v, "=")
+		if !ok || !(strings.HasPrefix(name, "BRIDGE_") || strings.HasPrefix(name, "OTEL_") ||
+			name == "GOGC" || name == "GOMEMLIMIT" || name == "GODEBUG" || name == "GOMAXPROCS") {
+			return fmt.Errorf("want BRIDGE_NAME=value, OTEL_NAME=value or one of the Go runtime's GOGC, GOMEMLIMIT, GODEBUG, GOMAXPROCS")
 		}
 		extraBridgeEnv = append(extraBridgeEnv, v)
 		return nil
