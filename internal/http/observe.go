@@ -193,9 +193,10 @@ func (a *api) message(w http.ResponseWriter, r *http.Request) {
 // param is a path parameter, decoded: chi matches the escaped path when a client escaped
 // something (a ':' as %3A, as encodeURIComponent does), and hands the parameter over as
 // sent. A value that does not decode is returned as it is: '%' is valid in no subject,
-// name or id, so validation refuses it.
+// name or id, so validation refuses it. It is read as a path value, which chi sets as
+// well as the ServeMux of the publish route (publishRoute).
 func param(r *http.Request, name string) string {
-	raw := chi.URLParam(r, name)
+	raw := r.PathValue(name)
 	if v, err := url.PathUnescape(raw); err == nil {
 		return v
 	}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -143,10 +144,12 @@ func NewHandler(b Broker, reg Registry, e Engine, opts Options) http.Handler {
 	r := chi.NewRouter()
 	// Per-request logging costs a wrapped writer and a request id on every call: only when
 	// debug logs are on. Failures are logged where they happen, with an id of their own.
+	var top []func(http.Handler) http.Handler
 	if opts.Logger.Core().Enabled(zap.DebugLevel) {
-		r.Use(middleware.RequestID, a.logRequests)
+		top = append(top, middleware.RequestID, a.logRequests)
 	}
-	r.Use(a.recoverer)
+	top = append(top, a.recoverer)
+	r.Use(top...)
 	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
 		writeProblem(w, "not_found", "no such route")
 	})
@@ -181,13 +184,51 @@ func NewHandler(b Broker, reg Registry, e Engine, opts Options) http.Handler {
 	// which proves the delivery: no API token (SPEC §10).
 	r.Post("/v1/subscriptions/{name}/messages/{id}/{action}", a.settleDeferred)
 	r.Group(a.authenticated)
-	return r
+	// The publish route's chain as chi runs it: every middleware above, then authenticated's.
+	publish := chi.Chain(slices.Concat(top, a.publishMiddlewares())...).HandlerFunc(a.publish)
+	return publishRoute(r, publish)
+}
+
+// publishMiddlewares are what a publish runs through inside the authenticated routes.
+func (a *api) publishMiddlewares() []func(http.Handler) http.Handler {
+	return []func(http.Handler) http.Handler{a.authenticate, a.countPublishErrors, a.require(auth.ActionPublish)}
+}
+
+// publishRoute serves the publish of a plain subject, the hot path, through publish (the
+// same chain chi would run) on a one-route http.ServeMux: chi's route context, request copy
+// and path-value map cost every publish about 740 bytes and 4% of its CPU. Everything else
+// goes to router: other routes, an escaped path, a subject the rule refuses (which the
+// handler answers 400). It is router to whoever walks the routes.
+func publishRoute(router *chi.Mux, publish http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("POST /v1/subjects/{subject}/messages", publish)
+	return &publishRouter{Mux: router, publish: mux}
+}
+
+type publishRouter struct {
+	*chi.Mux
+	publish *http.ServeMux
+}
+
+func (p *publishRouter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodPost && r.URL.RawPath == "" {
+		if rest, ok := strings.CutPrefix(r.URL.Path, "/v1/subjects/"); ok {
+			// A valid subject holds nothing a path escapes, and no '/': both routers would
+			// match it, with the same parameter.
+			if subject, ok := strings.CutSuffix(rest, "/messages"); ok && core.ValidSubject(subject) {
+				p.publish.ServeHTTP(w, r)
+				return
+			}
+		}
+	}
+	p.Mux.ServeHTTP(w, r)
 }
 
 // authenticated adds the routes that take a bearer token.
 func (a *api) authenticated(r chi.Router) {
-	r.Use(a.authenticate)
-	publish := r.With(a.countPublishErrors, a.require(auth.ActionPublish))
+	mws := a.publishMiddlewares()
+	r.Use(mws[0])
+	publish := r.With(mws[1:]...)
 	publish.Post("/v1/subjects/{subject}/messages", a.publish)
 	publish.Post("/v1/subjects/{subject}/batch", a.publishBatch)
 	read := a.require(auth.ActionSubscriptionsRead)
