@@ -91,7 +91,7 @@ func parseFlags() options {
 	flag.IntVar(&o.size, "size", 256, "message body size in bytes (at least 16)")
 	flag.IntVar(&o.maxInFlight, "max-in-flight", 256, "max_in_flight of the benchmark subscriptions")
 	flag.IntVar(&o.drainN, "drain-n", 100000, "messages in the drain phase's backlog")
-	flag.IntVar(&o.rounds, "rounds", 3, "rounds per server, alternating which server goes first; the best round of each is reported, and every round with the medians")
+	flag.IntVar(&o.rounds, "rounds", 5, "rounds per server, alternating which server goes first; the best round of each is reported, and every round with the medians")
 	flag.StringVar(&o.only, "only", "both", "servers to measure: bridge, minimal (the in-run reference implementation) or both")
 	flag.IntVar(&o.soakN, "soak-n", 500000, "messages in the soak (bridge only, short retention; Redis memory must come back down); 0 skips it")
 	idle := flag.String("idle-subs", "1000,10000", "comma-separated numbers of idle subscriptions to measure (bridge only); empty skips")
