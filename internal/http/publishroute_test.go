@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"net/http/httptest"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -83,5 +85,20 @@ func TestPublishRouteAnswersLikeChi(t *testing.T) {
 	}
 	if keys := rs.DBSize(t); keys != 4 { // orders.eu, orders.eu:1_a-b, orders.eu:2, billing
 		t.Errorf("%d keys, want the 4 published subjects only", keys)
+	}
+}
+
+// Under GODEBUG=httpmuxgo121=1 a ServeMux takes "POST /v1/subjects/{subject}/messages" as
+// a literal path: the publish route must then leave everything to chi. The test above runs
+// again in a child process with that setting (the runtime reads it once, at start).
+func TestPublishRouteUnderGo121ServeMux(t *testing.T) {
+	if os.Getenv("BRIDGE_TEST_CHILD") != "" {
+		t.Skip("already the child")
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestPublishRouteAnswersLikeChi$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "GODEBUG=httpmuxgo121=1", "BRIDGE_TEST_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "PASS") {
+		t.Fatalf("with httpmuxgo121=1: %v\n%s", err, out)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -202,6 +203,11 @@ func (a *api) publishMiddlewares() []func(http.Handler) http.Handler {
 func publishRoute(router *chi.Mux, publish http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("POST /v1/subjects/{subject}/messages", publish)
+	// Under GODEBUG=httpmuxgo121=1 a ServeMux knows no methods or wildcards: chi serves all.
+	probe := &http.Request{Method: http.MethodPost, Host: "bridge", URL: &url.URL{Path: "/v1/subjects/a/messages"}}
+	if _, pattern := mux.Handler(probe); pattern == "" {
+		return router
+	}
 	return &publishRouter{Mux: router, publish: mux}
 }
 
