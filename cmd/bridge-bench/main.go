@@ -109,6 +109,13 @@ func parseFlags() options {
 		extraBridgeEnv = append(extraBridgeEnv, v)
 		return nil
 	})
+	flag.Func("minimal-pprof", "a loopback address (e.g. 127.0.0.1:6062) where the minimal reference serves /debug/pprof/, to profile it as -bridge-env BRIDGE_PPROF_LISTEN profiles the bridge", func(v string) error {
+		if err := checkLoopback(v); err != nil {
+			return err
+		}
+		minimalPprof = v
+		return nil
+	})
 	flag.BoolVar(&o.json, "json", false, "also print the results as JSON")
 	flag.Parse()
 	if benchOTLP {
@@ -349,8 +356,8 @@ func run(ctx context.Context, o options) (res *results, err error) {
 			return nil, fmt.Errorf("locating this binary for -serve-minimal: %w", err)
 		}
 		targets = append(targets, target{name: "minimal", start: func(listen, redisAddr, logPath string) (*process, error) {
-			return startProcess("minimal", logPath, bridgeEnv(nil), self,
-				"-serve-minimal", "-listen", listen, "-redis", redisAddr)
+			return startProcess("minimal", logPath, serverEnv(nil), self,
+				"-serve-minimal", "-listen", listen, "-redis", redisAddr, "-pprof", minimalPprof)
 		}})
 	}
 

@@ -16,7 +16,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -32,7 +34,23 @@ func minimalMain(args []string) {
 	fs := flag.NewFlagSet("bridge-bench -serve-minimal", flag.ExitOnError)
 	listen := fs.String("listen", "127.0.0.1:8080", "HTTP listen address")
 	redisAddr := fs.String("redis", "127.0.0.1:6379", "Redis address")
+	pprofAddr := fs.String("pprof", "", "loopback address for /debug/pprof/ (empty: none)")
 	_ = fs.Parse(args)
+	if *pprofAddr != "" {
+		if err := checkLoopback(*pprofAddr); err != nil {
+			fmt.Fprintln(os.Stderr, "minimal:", err)
+			os.Exit(2)
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		go func() {
+			ps := &http.Server{Addr: *pprofAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+			if err := ps.ListenAndServe(); err != nil {
+				fmt.Fprintln(os.Stderr, "minimal: pprof:", err)
+			}
+		}()
+	}
 	rdb, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{*redisAddr}, DisableCache: true, ForceSingleClient: true})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "minimal:", err)
@@ -244,4 +262,20 @@ func push(ctx context.Context, c *http.Client, url string, e rueidis.XRangeEntry
 	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	return resp.StatusCode/100 == 2
+}
+
+// minimalPprof is -minimal-pprof: where the minimal reference serves its profiles.
+var minimalPprof string
+
+// checkLoopback refuses a listen address that is not on the loopback interface: the
+// profiling listeners of the benchmark never face the network.
+func checkLoopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q: want host:port on 127.0.0.1 or ::1: %w", addr, err)
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("%q: want a loopback address (127.0.0.1 or ::1)", addr)
+	}
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"testing"
 	"time"
 
@@ -104,5 +105,28 @@ func TestCompare(t *testing.T) {
 	}
 	if compare(b, nil) != nil {
 		t.Error("compare with one side missing should be empty")
+	}
+}
+
+// -bridge-env tunes the bridge only: the minimal reference it is compared with must not
+// get a GOGC or a BRIDGE_* meant for it. Profiling listeners take loopback addresses only.
+func TestServerEnvs(t *testing.T) {
+	t.Setenv("BRIDGE_TOKEN", "from-the-shell")
+	old := extraBridgeEnv
+	extraBridgeEnv = []string{"GOGC=400"}
+	defer func() { extraBridgeEnv = old }()
+	has := func(env []string, kv string) bool { return slices.Contains(env, kv) }
+	b, m := bridgeEnv(map[string]string{"BRIDGE_X": "1"}), serverEnv(nil)
+	if !has(b, "GOGC=400") || !has(b, "BRIDGE_X=1") || has(b, "BRIDGE_TOKEN=from-the-shell") {
+		t.Errorf("bridge env: %v", b)
+	}
+	if has(m, "GOGC=400") || has(m, "BRIDGE_TOKEN=from-the-shell") {
+		t.Errorf("minimal env: %v", m)
+	}
+	for addr, ok := range map[string]bool{"127.0.0.1:6062": true, "[::1]:6062": true, "0.0.0.0:6062": false,
+		"10.0.0.1:6062": false, "localhost:6062": false, "6062": false} {
+		if err := checkLoopback(addr); (err == nil) != ok {
+			t.Errorf("checkLoopback(%q) = %v", addr, err)
+		}
 	}
 }

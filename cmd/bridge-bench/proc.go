@@ -331,10 +331,10 @@ func buildBridge(ctx context.Context, dir string) (string, error) {
 	return bin, nil
 }
 
-// bridgeEnv is the parent's environment without any BRIDGE_* variable (a
+// serverEnv is the parent's environment without any BRIDGE_* variable (a
 // token or listen address set in the caller's shell would change what is
 // measured), plus the benchmark's settings.
-func bridgeEnv(settings map[string]string) []string {
+func serverEnv(settings map[string]string) []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "BRIDGE_") {
@@ -344,8 +344,14 @@ func bridgeEnv(settings map[string]string) []string {
 	for k, v := range settings {
 		env = append(env, k+"="+v)
 	}
-	// -bridge-env comes last, so it can override any setting of the benchmark's.
-	return append(env, extraBridgeEnv...)
+	return env
+}
+
+// bridgeEnv is serverEnv plus -bridge-env, last, so it can override any setting of the
+// benchmark's. The minimal reference gets serverEnv only: a GOGC meant for the bridge
+// must not tune the server it is compared with.
+func bridgeEnv(settings map[string]string) []string {
+	return append(serverEnv(settings), extraBridgeEnv...)
 }
 
 // extraBridgeEnv is -bridge-env: settings added to every bridge the benchmark starts.
