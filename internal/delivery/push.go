@@ -98,9 +98,10 @@ type pushResult struct {
 // maxContextError bounds the bridge-last-error header of a retry (SPEC §10).
 const maxContextError = 256
 
-// pushClock times the pushes of one worker, one after another, with one context and one
-// timer for as long as none runs out of time. A context.WithTimeout per push cost a
-// context, a timer and a cancel: about 2% of the bridge's CPU at full rate.
+// pushClock times the pushes of one worker (or the settler's writes), one after another,
+// with one context and one timer for as long as none runs out of time. A
+// context.WithTimeout per push cost a context, a timer and a cancel: about 2% of the
+// bridge's CPU at full rate. Not safe for concurrent use: one goroutine owns it.
 type pushClock struct {
 	parent context.Context // cut by a shutdown past its grace
 	ctx    context.Context
