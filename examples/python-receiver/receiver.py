@@ -97,7 +97,19 @@ def handle(body, headers):
         headers.get("webhook-id"), headers.get("bridge-subject", ""),
         headers.get("bridge-subscription", ""), headers.get("redis-delivery-count", ""),
         json.dumps(headers.get("content-type", "")), f" tenant={tenant}" if tenant else "")
-    print(f"{line}\n{body.decode('utf-8', 'replace')}", flush=True)
+    say(f"{line}\n{body.decode('utf-8', 'replace')}")
+
+
+# Pushes are handled on several threads at once: each message goes out in one locked write,
+# so the lines of two messages never interleave (print writes its text and its end apart).
+say_lock = threading.Lock()
+
+
+def say(text, out=None):
+    with say_lock:
+        out = out or sys.stdout
+        out.write(text + "\n")
+        out.flush()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -132,18 +144,18 @@ class Handler(BaseHTTPRequestHandler):
         reason = verify(self.key, msg_id, self.headers.get("webhook-timestamp"),
                         self.headers.get("webhook-signature"), body)
         if reason:
-            print(f"rejected {msg_id or '(no webhook-id)'}: {reason}", file=sys.stderr, flush=True)
+            say(f"rejected {msg_id or '(no webhook-id)'}: {reason}", sys.stderr)
             return self.answer(401, "invalid signature\n")
         # A real receiver records the id together with the effect of the message
         # (in the same database transaction) rather than in memory.
         if not self.seen.first_time(msg_id):
-            print(f"duplicate {msg_id} ignored", file=sys.stderr, flush=True)
+            say(f"duplicate {msg_id} ignored", sys.stderr)
             return self.answer(204)  # already handled: ack again
         try:
             handle(body, self.headers)
         except Exception as err:  # noqa: BLE001 - any failure: let the bridge retry
             self.seen.forget(msg_id)
-            print(f"handling {msg_id} failed: {err!r}", file=sys.stderr, flush=True)
+            say(f"handling {msg_id} failed: {err!r}", sys.stderr)
             return self.answer(500, "handler failed\n")
         self.answer(204)
 
