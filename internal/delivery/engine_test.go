@@ -59,22 +59,7 @@ func TestEngineDeliversAndStopsCleanly(t *testing.T) {
 		"pubsub":  {Subject: "leak-pubsub", URL: recv.URL, Transport: "pubsub"},
 	}
 	for name, in := range kinds {
-		in.Secret, _ = webhook.NewSecret()
-		s, err := in.Build(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if s.Transport == "stream" {
-			if _, err := b.EnsureGroup(ctx, s.Subject, s.Name, s.Start); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := b.MarkLive(ctx, s); err != nil {
-			t.Fatal(err)
-		}
-		if _, _, err := b.PutSubscription(ctx, s); err != nil {
-			t.Fatal(err)
-		}
+		register(t, b, name, in)
 	}
 	e := delivery.New(b, delivery.Options{RegistryPoll: 50 * time.Millisecond, PollInterval: 100 * time.Millisecond})
 	e.Start()
@@ -136,20 +121,7 @@ func TestPushTimeoutKeepsWorkerUsable(t *testing.T) {
 	backoff := core.Duration(10 * time.Millisecond)
 	in := core.SubscriptionInput{Subject: "slow", URL: recv.URL, Timeout: &timeout, VisibilityTimeout: &vis, MaxInFlight: &one,
 		Retry: &core.RetryInput{MinBackoff: &backoff, MaxBackoff: &backoff}}
-	in.Secret, _ = webhook.NewSecret()
-	s, err := in.Build("slow")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.EnsureGroup(ctx, s.Subject, s.Name, s.Start); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.MarkLive(ctx, s); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := b.PutSubscription(ctx, s); err != nil {
-		t.Fatal(err)
-	}
+	s := register(t, b, "slow", in)
 	e := delivery.New(b, delivery.Options{RegistryPoll: 50 * time.Millisecond, PollInterval: 50 * time.Millisecond, AttemptLog: true})
 	e.Start()
 	defer func() {
@@ -184,4 +156,28 @@ func TestPushTimeoutKeepsWorkerUsable(t *testing.T) {
 	if timeouts != 1 || calls.Load() != 6 {
 		t.Fatalf("%d timed-out attempts in %d calls; want 1 in 6", timeouts, calls.Load())
 	}
+}
+
+// register stores subscription name as the API would: with a secret, its consumer group
+// (stream transport), its live marker and its registry entry.
+func register(t *testing.T, b *broker.Broker, name string, in core.SubscriptionInput) *core.Subscription {
+	t.Helper()
+	ctx := context.Background()
+	in.Secret, _ = webhook.NewSecret()
+	s, err := in.Build(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Transport == core.TransportStream {
+		if _, err := b.EnsureGroup(ctx, s.Subject, s.Name, s.Start); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.MarkLive(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.PutSubscription(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
