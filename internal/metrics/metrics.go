@@ -119,12 +119,8 @@ func (m *Metrics) PublishError(code string) {
 	m.publishErrors.WithLabelValues(code).Inc()
 }
 
-// Pushed records one push: its status (0 = no response), outcome and duration.
-func (m *Metrics) Pushed(sub string, status int, outcome string, d time.Duration) {
-	m.ForSubscription(sub).Pushed(status, outcome, d)
-}
-
-// ForSubscription returns the recorder of sub's pushes. Its series are resolved on its
+// ForSubscription returns the recorder of sub's pushes: each Pushed call records one push,
+// its status (0 = no response), outcome and duration. Its series are resolved on its
 // first push and reused: a push then costs no label lookup (three per push otherwise,
 // 1.6% of the bridge's CPU under a drain), and a subscription that never pushes gets none.
 func (m *Metrics) ForSubscription(sub string) interface {

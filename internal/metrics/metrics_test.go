@@ -30,7 +30,7 @@ func TestForSubscriptionCountsEveryPush(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	m.Pushed("orders", 200, "ack", time.Millisecond) // the name-based form lands in the same series
+	m.ForSubscription("orders").Pushed(200, "ack", time.Millisecond) // a second recorder (a recreated subscription) lands in the same series
 	want := map[[2]string]float64{{"orders", "ack"}: 3201, {"orders", "retry"}: 1600, {"orders", "dead_letter"}: 800}
 	for k, n := range want {
 		if got := testutil.ToFloat64(m.pushes.WithLabelValues(k[0], k[1])); got != n {
