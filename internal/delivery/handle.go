@@ -27,7 +27,7 @@ const (
 )
 
 // handle pushes m once (timed by clock) and settles it by the verdict.
-func (r *sub) handle(m *core.Message, clock *pushClock) result {
+func (r *sub) handle(m *core.Message, clock *deadlineClock) result {
 	log := r.log
 	// The configuration in force now, not the one this sub started with: a change answered
 	// 2xx applies to every push that starts after it.

@@ -98,11 +98,11 @@ type pushResult struct {
 // maxContextError bounds the bridge-last-error header of a retry (SPEC §10).
 const maxContextError = 256
 
-// pushClock times the pushes of one worker (or the settler's writes), one after another,
+// deadlineClock times the Redis writes of the settler or the pushes of one worker, one after another,
 // with one context and one timer for as long as none runs out of time. A
 // context.WithTimeout per push cost a context, a timer and a cancel: about 2% of the
 // bridge's CPU at full rate. Not safe for concurrent use: one goroutine owns it.
-type pushClock struct {
+type deadlineClock struct {
 	parent context.Context // cut by a shutdown past its grace
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -110,7 +110,7 @@ type pushClock struct {
 }
 
 // begin starts the clock of a push that may take up to d and returns its context.
-func (c *pushClock) begin(d time.Duration) context.Context {
+func (c *deadlineClock) begin(d time.Duration) context.Context {
 	if c.ctx == nil {
 		c.ctx, c.cancel = context.WithCancel(c.parent)
 		c.timer = time.AfterFunc(d, c.cancel)
@@ -121,7 +121,7 @@ func (c *pushClock) begin(d time.Duration) context.Context {
 }
 
 // end stops the clock of the push begun last and reports whether it ran out of time.
-func (c *pushClock) end() (expired bool) {
+func (c *deadlineClock) end() (expired bool) {
 	if c.timer.Stop() {
 		return false
 	}
@@ -132,7 +132,7 @@ func (c *pushClock) end() (expired bool) {
 }
 
 // close releases the context and the timer; the worker calls it when it ends.
-func (c *pushClock) close() {
+func (c *deadlineClock) close() {
 	if c.ctx != nil {
 		c.timer.Stop()
 		c.cancel()
@@ -143,7 +143,7 @@ func (c *pushClock) close() {
 // push sends m to the subscription's webhook once, timed by clock. It returns aborted=true
 // when the push was cut by a shutdown past its grace: the message is then left unsettled
 // for reclaim.
-func (r *sub) push(clock *pushClock, s *core.Subscription, m *core.Message) (res pushResult, aborted bool) {
+func (r *sub) push(clock *deadlineClock, s *core.Subscription, m *core.Message) (res pushResult, aborted bool) {
 	ctx := clock.begin(time.Duration(s.Timeout))
 	ended := false
 	defer func() {

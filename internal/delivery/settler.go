@@ -19,7 +19,7 @@ type settler struct {
 	out chan struct{} // closed when the loop has flushed everything and ended
 	// clock bounds each write by settleTimeout (and the shutdown's abort); at low rates a
 	// batch is one message, and a context.WithTimeout per batch was 1% of the CPU.
-	clock pushClock
+	clock deadlineClock
 }
 
 type settleItem struct {
@@ -28,7 +28,7 @@ type settleItem struct {
 }
 
 func newSettler(e *Engine) *settler {
-	return &settler{e: e, in: make(chan settleItem, maxSettleBatch), out: make(chan struct{}), clock: pushClock{parent: e.abortCtx}}
+	return &settler{e: e, in: make(chan settleItem, maxSettleBatch), out: make(chan struct{}), clock: deadlineClock{parent: e.abortCtx}}
 }
 
 // add queues one acknowledgement. It may wait while a batch is being written.

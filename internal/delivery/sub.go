@@ -291,7 +291,7 @@ func (r *sub) worker(m core.Message) {
 	// One message value per worker, reused: handle takes its address, so a fresh one per
 	// message would be a heap allocation per push. handle keeps no pointer to it.
 	var cur core.Message
-	clock := pushClock{parent: r.e.abortCtx}
+	clock := deadlineClock{parent: r.e.abortCtx}
 	defer clock.close()
 	for {
 		r.live.stats.InFlight.Add(1)
