@@ -27,6 +27,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -79,6 +80,7 @@ type options struct {
 	fanout      int
 	pacedRate   float64
 	scaleOnly   bool
+	phases      map[string]bool
 	json        bool
 }
 
@@ -98,6 +100,7 @@ func parseFlags() options {
 	flag.IntVar(&o.fanout, "fanout", 100, "subscriptions on one subject in the fan-out phase (bridge only); 0 skips the push-rate phases")
 	flag.Float64Var(&o.pacedRate, "paced-rate", 2000, "publish rate of the paced end-to-end phase (msg/s), whose publish-to-push p50/p99 are the latency figures at a steady load; 0 skips it")
 	flag.BoolVar(&o.scaleOnly, "scale-only", false, "run only the scale phases (idle subscriptions, fan-out, spread)")
+	phases := flag.String("phases", strings.Join(serverPhases, ","), "comma-separated server phases to run, e.g. paced to compare two builds' CPU per message at a steady rate over longer runs")
 	flag.StringVar(&benchFilter, "filter", "", "a CEL filter set on the bridge's benchmark subscriptions (it should match every message, e.g. 'subject.startsWith(\"bench\")'), to measure its cost")
 	flag.BoolVar(&benchOTLP, "otlp", false, "export the bridge's traces to an OTLP sink the benchmark runs (discarding), to measure tracing's cost")
 	flag.Func("bridge-env", "KEY=VALUE added to every bridge the benchmark starts (repeatable), e.g. BRIDGE_PPROF_LISTEN=127.0.0.1:6060, OTEL_BSP_MAX_QUEUE_SIZE=8192 or GOGC=200", func(v string) error {
@@ -156,8 +159,24 @@ func parseFlags() options {
 	case o.only != "bridge" && o.only != "minimal" && o.only != "both":
 		usageError("-only must be bridge, minimal or both")
 	}
+	o.phases = map[string]bool{}
+	for _, ph := range strings.Split(*phases, ",") {
+		if ph = strings.TrimSpace(ph); ph == "" {
+			continue
+		}
+		if !slices.Contains(serverPhases, ph) {
+			usageError(fmt.Sprintf("-phases: unknown phase %q (want some of %s)", ph, strings.Join(serverPhases, ", ")))
+		}
+		o.phases[ph] = true
+	}
+	if len(o.phases) == 0 {
+		usageError("-phases names no phase")
+	}
 	return o
 }
+
+// serverPhases are the phases every measured server runs, in order.
+var serverPhases = []string{"publish", "end-to-end", "paced", "drain"}
 
 func usageError(msg string) {
 	fmt.Fprintln(os.Stderr, "bridge-bench:", msg)
@@ -523,6 +542,9 @@ func runServer(ctx context.Context, o options, t target, sr *serverResult, dir s
 		}},
 	}
 	for _, ph := range phases {
+		if !o.phases[ph.name] {
+			continue
+		}
 		if srv.exited() {
 			problem("%s exited during the run (%v); phase %s and later skipped; log tail:\n%s", t.name, srv.err, ph.name, srv.logTail(20))
 			break
