@@ -3,6 +3,7 @@ package main
 import (
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -69,5 +70,23 @@ func TestPairedRatios(t *testing.T) {
 	}
 	if got := pairedRatios(bridge, []*serverResult{{}}, roundMetrics[0]); len(got) != 0 {
 		t.Fatalf("a round the minimal did not measure gave ratios %v", got)
+	}
+}
+
+// -phases takes any subset of the server phases, in any order and with spaces, and
+// refuses a name it does not know or a list with none.
+func TestParsePhases(t *testing.T) {
+	got, err := parsePhases(" paced, drain ,")
+	if err != nil || len(got) != 2 || !got["paced"] || !got["drain"] {
+		t.Fatalf("parsePhases(paced, drain) = %v, %v", got, err)
+	}
+	all, err := parsePhases(strings.Join(serverPhases, ","))
+	if err != nil || len(all) != len(serverPhases) {
+		t.Fatalf("the default list = %v, %v; want every phase", all, err)
+	}
+	for _, bad := range []string{"", " , ", "paced,e2e", "Paced"} {
+		if p, err := parsePhases(bad); err == nil {
+			t.Errorf("parsePhases(%q) = %v, want an error", bad, p)
+		}
 	}
 }

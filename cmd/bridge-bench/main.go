@@ -159,24 +159,33 @@ func parseFlags() options {
 	case o.only != "bridge" && o.only != "minimal" && o.only != "both":
 		usageError("-only must be bridge, minimal or both")
 	}
-	o.phases = map[string]bool{}
-	for _, ph := range strings.Split(*phases, ",") {
-		if ph = strings.TrimSpace(ph); ph == "" {
-			continue
-		}
-		if !slices.Contains(serverPhases, ph) {
-			usageError(fmt.Sprintf("-phases: unknown phase %q (want some of %s)", ph, strings.Join(serverPhases, ", ")))
-		}
-		o.phases[ph] = true
-	}
-	if len(o.phases) == 0 {
-		usageError("-phases names no phase")
+	var err error
+	if o.phases, err = parsePhases(*phases); err != nil {
+		usageError("-phases: " + err.Error())
 	}
 	return o
 }
 
 // serverPhases are the phases every measured server runs, in order.
 var serverPhases = []string{"publish", "end-to-end", "paced", "drain"}
+
+// parsePhases reads -phases: a comma-separated subset of serverPhases.
+func parsePhases(list string) (map[string]bool, error) {
+	phases := map[string]bool{}
+	for _, ph := range strings.Split(list, ",") {
+		if ph = strings.TrimSpace(ph); ph == "" {
+			continue
+		}
+		if !slices.Contains(serverPhases, ph) {
+			return nil, fmt.Errorf("unknown phase %q (want some of %s)", ph, strings.Join(serverPhases, ", "))
+		}
+		phases[ph] = true
+	}
+	if len(phases) == 0 {
+		return nil, errors.New("names no phase")
+	}
+	return phases, nil
+}
 
 func usageError(msg string) {
 	fmt.Fprintln(os.Stderr, "bridge-bench:", msg)
