@@ -98,10 +98,10 @@ type pushResult struct {
 // maxContextError bounds the bridge-last-error header of a retry (SPEC §10).
 const maxContextError = 256
 
-// deadlineClock times the Redis writes of the settler or the pushes of one worker, one after another,
-// with one context and one timer for as long as none runs out of time. A
-// context.WithTimeout per push cost a context, a timer and a cancel: about 2% of the
-// bridge's CPU at full rate. Not safe for concurrent use: one goroutine owns it.
+// deadlineClock times one goroutine's calls, one after another (a worker's pushes, the
+// settler's Redis writes), with one context and one timer for as long as none runs out of
+// time. A context.WithTimeout per push cost a context, a timer and a cancel: about 2% of
+// the bridge's CPU at full rate. Not safe for concurrent use: one goroutine owns it.
 type deadlineClock struct {
 	parent context.Context // cut by a shutdown past its grace
 	ctx    context.Context
@@ -109,7 +109,7 @@ type deadlineClock struct {
 	timer  *time.Timer // cancels ctx when a push outlives its timeout
 }
 
-// begin starts the clock of a push that may take up to d and returns its context.
+// begin starts the clock of a call that may take up to d and returns its context.
 func (c *deadlineClock) begin(d time.Duration) context.Context {
 	if c.ctx == nil {
 		c.ctx, c.cancel = context.WithCancel(c.parent)
@@ -120,18 +120,18 @@ func (c *deadlineClock) begin(d time.Duration) context.Context {
 	return c.ctx
 }
 
-// end stops the clock of the push begun last and reports whether it ran out of time.
+// end stops the clock of the call begun last and reports whether it ran out of time.
 func (c *deadlineClock) end() (expired bool) {
 	if c.timer.Stop() {
 		return false
 	}
-	// Fired (or firing): this context is done for; the next push gets a new one.
+	// Fired (or firing): this context is done for; the next call gets a new one.
 	c.cancel()
 	c.ctx = nil
 	return true
 }
 
-// close releases the context and the timer; the worker calls it when it ends.
+// close releases the context and the timer; its goroutine calls it when it ends.
 func (c *deadlineClock) close() {
 	if c.ctx != nil {
 		c.timer.Stop()
