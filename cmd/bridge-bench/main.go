@@ -516,11 +516,13 @@ func runServer(ctx context.Context, o options, t target, sr *serverResult, dir s
 	// the machine being saturated (load generator, server and Redis share it).
 	b := &bench{o: o, api: a, redisAddr: redisAddr, bridgeHeaders: t.bridgeHeaders, problem: problem, cpu: sr.CPU,
 		meter: cpuMeter{"server": srv.pid(), "redis": redis.pid(), "bench": os.Getpid()}}
-	phases := []struct {
-		name string
-		run  func() error
+	// Keyed by the names in serverPhases, which gives their order; partial drops the
+	// phase's result when the phase is interrupted (its numbers would be partial).
+	phases := map[string]struct {
+		run     func() error
+		partial func()
 	}{
-		{"publish", func() error {
+		"publish": {func() error {
 			w := b.meter.start()
 			r := runPublish(ctx, publishPlan{
 				url: a.base + "/v1/subjects/bench.publish/messages", conns: o.conns, size: o.size,
@@ -530,53 +532,44 @@ func runServer(ctx context.Context, o options, t target, sr *serverResult, dir s
 			sr.Publish = &r
 			notePublishErrors(problem, "publish", r)
 			return nil
-		}},
-		{"end-to-end", func() error {
+		}, func() { sr.Publish = nil }},
+		"end-to-end": {func() error {
 			r, err := b.phaseE2E(ctx, "end-to-end", 0)
 			sr.E2E = r
 			return err
-		}},
-		{"paced", func() error {
+		}, func() { sr.E2E = nil }},
+		"paced": {func() error {
 			if o.pacedRate <= 0 {
 				return nil
 			}
 			r, err := b.phaseE2E(ctx, "paced", o.pacedRate)
 			sr.Paced = r
 			return err
-		}},
-		{"drain", func() error {
+		}, func() { sr.Paced = nil }},
+		"drain": {func() error {
 			r, err := b.phaseDrain(ctx)
 			sr.Drain = r
 			return err
-		}},
+		}, func() { sr.Drain = nil }},
 	}
-	for _, ph := range phases {
-		if !o.phases[ph.name] {
+	for _, name := range serverPhases {
+		if !o.phases[name] {
 			continue
 		}
 		if srv.exited() {
-			problem("%s exited during the run (%v); phase %s and later skipped; log tail:\n%s", t.name, srv.err, ph.name, srv.logTail(20))
+			problem("%s exited during the run (%v); phase %s and later skipped; log tail:\n%s", t.name, srv.err, name, srv.logTail(20))
 			break
 		}
-		step(t.name + ": phase " + ph.name)
+		ph := phases[name]
+		step(t.name + ": phase " + name)
 		err := ph.run()
 		if ctx.Err() != nil {
-			// An interrupted phase's numbers are partial: leave them out.
-			switch ph.name {
-			case "publish":
-				sr.Publish = nil
-			case "end-to-end":
-				sr.E2E = nil
-			case "paced":
-				sr.Paced = nil
-			case "drain":
-				sr.Drain = nil
-			}
-			delete(sr.CPU, ph.name)
+			ph.partial()
+			delete(sr.CPU, name)
 			return ctx.Err()
 		}
 		if err != nil {
-			problem("phase %s: %v", ph.name, err)
+			problem("phase %s: %v", name, err)
 		}
 	}
 
