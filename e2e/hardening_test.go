@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -540,5 +542,65 @@ func TestContentEncodingIsKept(t *testing.T) {
 	br.terminate(10 * time.Second)
 	if !strings.Contains(br.log.String(), `"grace":"30s"`) {
 		t.Fatalf("shutdown log does not give the grace with its unit:\n%s", tail(br.log.String(), 500))
+	}
+}
+
+// A connection that a client's pool opened and left unused for longer than the 5-s header
+// timeout still takes a publish (it used to be closed at 5 s, and a POST sent on it as it
+// closed failed with a bare EOF that no client retries); a connection that starts a
+// request and stalls is still cut at 5 s, and an unused connection does not hold up
+// SIGTERM.
+func TestUnusedConnectionStillTakesAPublish(t *testing.T) {
+	t.Parallel()
+	rs := redistest.Start(t, redistest.Options{})
+	br := startBridge(t, redisURL(rs))
+	rc := newReceiver(t, nil)
+	subject := uniq("pooled")
+	br.subscribe("pooled", fastSub(rc.URL, subject, nil))
+	dialBridge := func() net.Conn {
+		c, err := net.Dial("tcp", br.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		return c
+	}
+	silent, stalled := dialBridge(), dialBridge()
+	if _, err := io.WriteString(stalled, "POST /v1/subjects/"+subject+"/messages HTTP/1.1\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(6 * time.Second)
+
+	body := `{"pooled":true}`
+	req := fmt.Sprintf("POST /v1/subjects/%s/messages HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", subject, len(body), body)
+	if _, err := io.WriteString(silent, req); err != nil {
+		t.Fatal(err)
+	}
+	_ = silent.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(silent), nil)
+	if err != nil {
+		t.Fatalf("publish on a connection unused for 6 s: %v", err)
+	}
+	var out struct {
+		ID string `json:"id"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted || out.ID == "" {
+		t.Fatalf("publish on a connection unused for 6 s: %d, id %q", resp.StatusCode, out.ID)
+	}
+	redistest.Eventually(t, 10*time.Second, func() bool { return len(rc.byID(out.ID)) == 1 }, "not pushed")
+
+	_ = stalled.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := io.ReadAll(stalled); errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("a request whose headers stalled for 6 s is still open")
+	}
+
+	// Nor does an unused connection hold up a shutdown (net/http waits up to 5 s for a
+	// connection that has not sent its first request).
+	dialBridge()
+	time.Sleep(100 * time.Millisecond)
+	if code, took := br.terminate(10 * time.Second); code != 0 || took > 2*time.Second {
+		t.Fatalf("SIGTERM with an unused connection open: exit %d in %s", code, took)
 	}
 }

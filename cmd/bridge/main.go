@@ -200,7 +200,7 @@ func run(ctx context.Context, environ []string) error {
 	trimmer.Start()
 	ticker.Start()
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	go func() { serveErr <- httpapi.Serve(srv, ln) }()
 	log.Info("bridge listening", zap.String("addr", ln.Addr().String()))
 
 	hup := make(chan os.Signal, 1)
