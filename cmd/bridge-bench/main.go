@@ -227,6 +227,8 @@ type results struct {
 	Scale *scaleResults `json:"scale,omitempty"`
 	// Comparison holds the target ratios, when both servers were measured.
 	Comparison []comparison `json:"comparison,omitempty"`
+	// Goals are the verdicts on the CPU-per-message issue's goals, over the rounds.
+	Goals []goalResult `json:"goals,omitempty"`
 	// Problems are observations that point at a bug (failed phases, lost or
 	// duplicated messages, publish errors, a bad exit), in either server;
 	// any makes the exit status 1.
@@ -454,6 +456,7 @@ func run(ctx context.Context, o options) (res *results, err error) {
 		}
 	}
 	res.Comparison = compare(res.Bridge, res.Minimal)
+	res.Goals = evaluateGoals(res.BridgeRounds, res.MinimalRounds)
 	if o.only != "minimal" && (len(o.idleSubs) > 0 || o.fanout > 0) {
 		problem := func(format string, args ...any) {
 			res.Problems = append(res.Problems, "bridge: "+fmt.Sprintf(format, args...))

@@ -256,6 +256,7 @@ func printTable(w io.Writer, r *results) {
 	}
 
 	printRounds(p, r)
+	printGoals(p, r.Goals)
 
 	if r.Baseline.XAddPerSec > 0 {
 		p("")
