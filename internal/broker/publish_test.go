@@ -1,15 +1,18 @@
 package broker
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/bridge-dev/bridge/internal/core"
+	"github.com/bridge-dev/bridge/internal/redistest"
 )
 
 // publishCall is one PublishMany call to the subject "orders" (unless subject is set).
@@ -428,5 +431,54 @@ func TestScheduledCrashPoints(t *testing.T) {
 				t.Fatal("still scheduled after the second move")
 			}
 		})
+	}
+}
+
+// A single publish stores ruststream-fred's layout: the body in _payload and each header
+// as h:<lower-cased name>, for the headers built into the command without a lookup and
+// for any other.
+func TestPublishStoresTheLayout(t *testing.T) {
+	rs := redistest.Start(t, redistest.Options{})
+	br := New(rs.Client(t))
+	headers := map[string]string{
+		core.HeaderContentType: "application/json", core.HeaderContentEncoding: "gzip",
+		core.HeaderTraceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+		core.HeaderTracestate:  "a=b", core.HeaderPartitionKey: "k", "ce-type": "order.created",
+		"X-Mixed-Case": "v",
+	}
+	id, err := br.Publish(context.Background(), "orders", []byte(`{"n":1}`), headers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry, ok := strings.CutPrefix(id, "orders:")
+	if !ok {
+		t.Fatalf("message id %q", id)
+	}
+	got, err := rs.Client(t).Do(context.Background(), rs.Client(t).B().Xrange().Key("orders").Start(entry).End(entry).Build()).AsXRange()
+	if err != nil || len(got) != 1 {
+		t.Fatalf("XRANGE: %v, %v", got, err)
+	}
+	want := map[string]string{"_payload": `{"n":1}`}
+	for k, v := range headers {
+		want["h:"+strings.ToLower(k)] = v
+	}
+	if !maps.Equal(got[0].FieldValues, want) {
+		t.Fatalf("fields %v, want %v", got[0].FieldValues, want)
+	}
+}
+
+// BenchmarkPublish is one publish with a content type, as the publish handler makes it
+// (with the Redis round trip).
+func BenchmarkPublish(b *testing.B) {
+	rs := redistest.Start(b, redistest.Options{})
+	br := New(rs.Client(b))
+	ctx := context.Background()
+	body := []byte(strings.Repeat("x", 256))
+	headers := map[string]string{core.HeaderContentType: "application/octet-stream"}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := br.Publish(ctx, "bench.publish", body, headers); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -33,18 +34,20 @@ type GaugeSource func(ctx context.Context) ([]SubscriptionGauges, error)
 
 // Metrics holds the bridge's collectors on its own registry.
 type Metrics struct {
-	reg           *prometheus.Registry
-	published     *prometheus.CounterVec
-	publishErrors *prometheus.CounterVec
-	pushes        *prometheus.CounterVec
-	pushDuration  *prometheus.HistogramVec
-	responses     *prometheus.CounterVec
-	lost          *prometheus.CounterVec
-	schedDropped  *prometheus.CounterVec
-	streamEntries *prometheus.GaugeVec
-	trimmed       *prometheus.CounterVec
-	expired       *prometheus.CounterVec
-	filtered      *prometheus.CounterVec
+	reg       *prometheus.Registry
+	published *prometheus.CounterVec
+	// publishedBySubject caches published's counters: subject → *publishedCounters.
+	publishedBySubject sync.Map
+	publishErrors      *prometheus.CounterVec
+	pushes             *prometheus.CounterVec
+	pushDuration       *prometheus.HistogramVec
+	responses          *prometheus.CounterVec
+	lost               *prometheus.CounterVec
+	schedDropped       *prometheus.CounterVec
+	streamEntries      *prometheus.GaugeVec
+	trimmed            *prometheus.CounterVec
+	expired            *prometheus.CounterVec
+	filtered           *prometheus.CounterVec
 }
 
 // New registers the bridge's metrics, plus Go runtime and process metrics.
@@ -103,12 +106,47 @@ func (m *Metrics) WatchSubscriptions(src GaugeSource) {
 	m.reg.MustRegister(&gaugeCollector{src: src})
 }
 
-// Published counts n messages written to subject over transport.
+// Published counts n messages written to subject over transport. A subject's counters
+// are looked up once and kept (its series is never deleted), so a publish costs no label
+// lookup.
 func (m *Metrics) Published(subject, transport string, n int) {
 	if m == nil || n == 0 {
 		return
 	}
-	m.published.WithLabelValues(subject, transport).Add(float64(n))
+	t := transportIndex(transport)
+	if t < 0 {
+		m.published.WithLabelValues(subject, transport).Add(float64(n))
+		return
+	}
+	var pc *publishedCounters
+	if v, ok := m.publishedBySubject.Load(subject); ok {
+		pc = v.(*publishedCounters)
+	} else {
+		v, _ := m.publishedBySubject.LoadOrStore(subject, &publishedCounters{})
+		pc = v.(*publishedCounters)
+	}
+	c := pc[t].Load()
+	if c == nil {
+		counter := m.published.WithLabelValues(subject, transport)
+		c = &counter
+		pc[t].Store(c)
+	}
+	(*c).Add(float64(n))
+}
+
+// publishedCounters are one subject's published counters, by transportIndex.
+type publishedCounters [3]atomic.Pointer[prometheus.Counter]
+
+func transportIndex(transport string) int {
+	switch transport {
+	case "stream":
+		return 0
+	case "list":
+		return 1
+	case "pubsub":
+		return 2
+	}
+	return -1
 }
 
 // PublishError counts a refused or failed publish by its problem code.

@@ -52,3 +52,41 @@ func TestForSubscriptionCountsEveryPush(t *testing.T) {
 	var nilM *Metrics
 	nilM.ForSubscription("x").Pushed(200, "ack", 0) // records nothing, does not panic
 }
+
+// Published caches a subject's counters: every count must land in its own subject and
+// transport, from many publishers at once, including a transport it does not cache.
+func TestPublishedCountsEverySubjectAndTransport(t *testing.T) {
+	m := New()
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 100 {
+				m.Published("orders", "stream", 1)
+				m.Published("orders", "list", 2)
+				m.Published("events", "pubsub", 1)
+				m.Published("events", "stream", 0) // nothing, and no series
+				m.Published("odd", "other", 1)
+			}
+		})
+	}
+	wg.Wait()
+	want := map[[2]string]float64{{"orders", "stream"}: 800, {"orders", "list"}: 1600, {"events", "pubsub"}: 800, {"odd", "other"}: 800}
+	for k, n := range want {
+		if got := testutil.ToFloat64(m.published.WithLabelValues(k[0], k[1])); got != n {
+			t.Errorf("published%v = %v, want %v", k, got, n)
+		}
+	}
+	if n := testutil.CollectAndCount(m.published); n != len(want) {
+		t.Errorf("%d published series, want %d", n, len(want))
+	}
+	var nilM *Metrics
+	nilM.Published("x", "stream", 1)
+}
+
+func BenchmarkPublished(b *testing.B) {
+	m := New()
+	b.ReportAllocs()
+	for b.Loop() {
+		m.Published("orders.created", "stream", 1)
+	}
+}
