@@ -167,10 +167,11 @@ func (c *primedConn) Read(p []byte) (int, error) {
 }
 
 // CloseWrite lets the server half-close a TCP connection after an error answer, as it
-// does with an unwrapped one.
+// does with an unwrapped one; on a connection that cannot, it does nothing, as the server
+// would.
 func (c *primedConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
-	return c.Conn.Close()
+	return nil
 }

@@ -36,7 +36,7 @@ type GaugeSource func(ctx context.Context) ([]SubscriptionGauges, error)
 type Metrics struct {
 	reg       *prometheus.Registry
 	published *prometheus.CounterVec
-	// publishedBySubject caches published's counters: subject → *publishedCounters.
+	// publishedBySubject caches published's counters: subject → *atomic.Pointer[publishedSeries].
 	publishedBySubject sync.Map
 	publishErrors      *prometheus.CounterVec
 	pushes             *prometheus.CounterVec
@@ -113,40 +113,24 @@ func (m *Metrics) Published(subject, transport string, n int) {
 	if m == nil || n == 0 {
 		return
 	}
-	t := transportIndex(transport)
-	if t < 0 {
-		m.published.WithLabelValues(subject, transport).Add(float64(n))
-		return
+	v, ok := m.publishedBySubject.Load(subject)
+	if !ok {
+		v, _ = m.publishedBySubject.LoadOrStore(subject, new(atomic.Pointer[publishedSeries]))
 	}
-	var pc *publishedCounters
-	if v, ok := m.publishedBySubject.Load(subject); ok {
-		pc = v.(*publishedCounters)
-	} else {
-		v, _ := m.publishedBySubject.LoadOrStore(subject, &publishedCounters{})
-		pc = v.(*publishedCounters)
+	last := v.(*atomic.Pointer[publishedSeries])
+	s := last.Load()
+	if s == nil || s.transport != transport {
+		s = &publishedSeries{transport: transport, counter: m.published.WithLabelValues(subject, transport)}
+		last.Store(s)
 	}
-	c := pc[t].Load()
-	if c == nil {
-		counter := m.published.WithLabelValues(subject, transport)
-		c = &counter
-		pc[t].Store(c)
-	}
-	(*c).Add(float64(n))
+	s.counter.Add(float64(n))
 }
 
-// publishedCounters are one subject's published counters, by transportIndex.
-type publishedCounters [3]atomic.Pointer[prometheus.Counter]
-
-func transportIndex(transport string) int {
-	switch transport {
-	case "stream":
-		return 0
-	case "list":
-		return 1
-	case "pubsub":
-		return 2
-	}
-	return -1
+// publishedSeries is the counter of the last transport a subject was published over:
+// nearly every publish to a subject repeats it.
+type publishedSeries struct {
+	transport string
+	counter   prometheus.Counter
 }
 
 // PublishError counts a refused or failed publish by its problem code.

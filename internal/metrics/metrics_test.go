@@ -53,8 +53,9 @@ func TestForSubscriptionCountsEveryPush(t *testing.T) {
 	nilM.ForSubscription("x").Pushed(200, "ack", 0) // records nothing, does not panic
 }
 
-// Published caches a subject's counters: every count must land in its own subject and
-// transport, from many publishers at once, including a transport it does not cache.
+// Published caches a subject's counter of its last transport: every count must land in
+// its own subject and transport, from many publishers at once, with one subject switching
+// transports on every call.
 func TestPublishedCountsEverySubjectAndTransport(t *testing.T) {
 	m := New()
 	var wg sync.WaitGroup
