@@ -214,12 +214,20 @@ func (s *Sentinel) Failover(t testing.TB) string {
 
 // Client returns a new sentinel-aware client for the master set, with
 // client-side caching disabled. It is closed when t ends.
+//
+// Like the bridge's own client, it also asks the sentinel for the master
+// every second: rueidis otherwise follows a failover only on the
+// +switch-master event, and a client that misses it stays on the demoted
+// master, whose every write fails with READONLY.
 func (s *Sentinel) Client(t testing.TB) rueidis.Client {
 	t.Helper()
 	c, err := rueidis.NewClient(rueidis.ClientOption{
 		InitAddress:  []string{s.SentinelAddr},
 		DisableCache: true,
-		Sentinel:     rueidis.SentinelOption{MasterSet: s.MasterName},
+		Sentinel: rueidis.SentinelOption{
+			MasterSet:               s.MasterName,
+			TopologyRefreshInterval: time.Second,
+		},
 	})
 	if err != nil {
 		t.Fatalf("redistest: connect through sentinel %s: %v", s.SentinelAddr, err)

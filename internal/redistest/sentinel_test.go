@@ -2,6 +2,7 @@ package redistest_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -44,9 +45,11 @@ func TestSentinelFailover(t *testing.T) {
 			t.Fatalf("Master after failover %d is not %s", i+1, want)
 		}
 		// The sentinel client follows the new master.
+		var setErr error
 		redistest.Eventually(t, 15*time.Second, func() bool {
-			return c.Do(ctx, c.B().Set().Key("k").Value(want).Build()).Error() == nil
-		}, "client could not write after failover %d", i+1)
+			setErr = c.Do(ctx, c.B().Set().Key("k").Value(want).Build()).Error()
+			return setErr == nil
+		}, "client could not write after failover %d: %v", i+1, lastError{&setErr})
 		if v, err := s.Master(t).Do(t, "GET", "k").ToString(); err != nil || v != want {
 			t.Fatalf("GET k on new master = %q, %v", v, err)
 		}
@@ -71,3 +74,9 @@ func TestSentinelMasterDown(t *testing.T) {
 	}
 	s.Kill(t)
 }
+
+// lastError prints the error its pointer holds when the failure message is
+// formatted, not when the message's arguments are.
+type lastError struct{ err *error }
+
+func (e lastError) String() string { return fmt.Sprint(*e.err) }
