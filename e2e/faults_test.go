@@ -172,6 +172,37 @@ func TestSigtermFinishesInFlight(t *testing.T) {
 	t.Logf("SIGTERM: exit 0 in %s with %d pushes done; %d delivered after restart, no duplicate", took.Round(time.Millisecond), before, n-before)
 }
 
+// SIGTERM while a webhook holds a push with a long timeout: past the grace the push is cut
+// (the process does not wait out the 10 s timeout), the message stays unacknowledged, and
+// the restarted process delivers it once its visibility timeout has passed.
+func TestSigtermPastGraceCutsAHeldPush(t *testing.T) {
+	t.Parallel()
+	rs := redistest.Start(t, redistest.Options{})
+	br := startBridge(t, redisURL(rs), "BRIDGE_SHUTDOWN_GRACE=1s")
+	release := make(chan struct{})
+	var held atomic.Bool
+	rc := newReceiver(t, func(w http.ResponseWriter, _ push, nth int) {
+		if nth == 0 {
+			held.Store(true)
+			<-release // answers only when the test ends
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	t.Cleanup(func() { close(release) }) // before the receiver's Close, which waits for it
+	subject := uniq("held")
+	br.subscribe("held", fastSub(rc.URL, subject, map[string]any{"timeout": "10s", "visibility_timeout": "11s"}))
+	_, id := br.publish(subject, []byte("held"))
+	redistest.Eventually(t, 10*time.Second, held.Load, "not pushed")
+	code, took := br.terminate(15 * time.Second)
+	if code != 0 || took > 4*time.Second {
+		t.Fatalf("SIGTERM with a held push: exit %d after %s (grace 1s, push timeout 10s)", code, took)
+	}
+	br.start()
+	redistest.Eventually(t, 30*time.Second, func() bool { return len(rc.byID(id)) >= 2 }, "not delivered after the restart")
+	t.Logf("held push: SIGTERM exit %d in %s; delivered again after the restart", code, took.Round(time.Millisecond))
+}
+
 // Three bridge processes on one Redis share a subscription: 3000 messages pushed once each
 // in normal operation; when one is kill -9'd mid-run the others reclaim its work.
 func TestThreeProcessesShareWork(t *testing.T) {

@@ -125,7 +125,7 @@ func run(ctx context.Context, environ []string) error {
 		return nil
 	}
 	engine := delivery.New(b, delivery.Options{
-		Client:  delivery.NewHTTPClient(guard.Control),
+		Client:  delivery.NewClient(guard.Control),
 		Logger:  log.Named("delivery"),
 		Metrics: mx,
 		// Redis lost its data (a restart without persistence): what the file declares comes back.

@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -63,8 +62,8 @@ const (
 type Options struct {
 	// Consumer names this process in every consumer group; default host-pid-random.
 	Consumer string
-	// Client sends the pushes; default NewHTTPClient(nil) (no SSRF guard: set one in production).
-	Client *http.Client
+	// Client sends the pushes; default NewClient(nil) (no SSRF guard: set one in production).
+	Client *Client
 	Logger *zap.Logger
 	// RegistryPoll is how often the subscription registry is checked for changes (default 1 s,
 	// which keeps SPEC's "seen by all processes within 2 s"; changes are also announced).
@@ -101,11 +100,7 @@ type Options struct {
 // call returns at once). Safe for concurrent use.
 type Engine struct {
 	b      Broker
-	client *http.Client
-	// send is how a push goes out: the client's transport directly when the client adds
-	// nothing a push needs (no redirects are followed, no cookie jar, no client timeout),
-	// which saves Client.Do's per-request header copy for redirects; client.Do otherwise.
-	send func(*http.Request) (*http.Response, error)
+	client *Client
 	// hotReads counts the reads waiting in Redis now (see maxHotReads).
 	hotReads atomic.Int32
 	metrics  Metrics
@@ -175,7 +170,7 @@ func New(b Broker, opts Options) *Engine {
 		opts.Logger = zap.NewNop()
 	}
 	if opts.Client == nil {
-		opts.Client = NewHTTPClient(nil)
+		opts.Client = NewClient(nil)
 	}
 	if opts.Consumer == "" {
 		opts.Consumer = defaultConsumer()
@@ -207,7 +202,6 @@ func New(b Broker, opts Options) *Engine {
 		subs: map[string]*sub{}, live: map[string]*liveSub{}, configs: map[string]*core.Subscription{},
 		appliedCh: make(chan struct{}), changes: make(chan registryChange, 1024),
 	}
-	e.send = pushSender(opts.Client)
 	e.settler = newSettler(e)
 	e.hub = newHub(e)
 	empty := map[string]*subjectSubs{}
@@ -281,8 +275,10 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		err = ctx.Err()
 		// Past the grace: cut pushes and settlements (every Redis call of the delivery
-		// work hangs off abortCtx), so what remains stays pending for reclaim.
+		// work hangs off abortCtx; the pushes' connections are closed), so what remains
+		// stays pending for reclaim.
 		e.abort()
+		e.client.Abort()
 		<-done
 	}
 	e.finalCtx = ctx

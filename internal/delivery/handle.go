@@ -26,8 +26,8 @@ const (
 	unsettled
 )
 
-// handle pushes m once (timed by clock) and settles it by the verdict.
-func (r *sub) handle(m *core.Message, clock *deadlineClock) result {
+// handle pushes m once and settles it by the verdict.
+func (r *sub) handle(m *core.Message) result {
 	log := r.log
 	// The configuration in force now, not the one this sub started with: a change answered
 	// 2xx applies to every push that starts after it.
@@ -60,7 +60,7 @@ func (r *sub) handle(m *core.Message, clock *deadlineClock) result {
 		// The circuit opened after this message was read: it waits, no attempt used.
 		return r.holdForCircuit(cfg, m, until, nil)
 	}
-	res, aborted := r.push(clock, cfg, m)
+	res, aborted := r.push(r.e.abortCtx, cfg, m)
 	if aborted {
 		return unsettled
 	}

@@ -1,25 +1,23 @@
 package delivery
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 	"unicode/utf8"
 
 	"github.com/bridge-dev/bridge/internal/core"
 	"github.com/bridge-dev/bridge/internal/tracing"
+	"github.com/valyala/fasthttp"
 )
 
 // maxResponseRead is how much of a webhook's answer is read (SPEC §5); the rest is discarded.
@@ -27,59 +25,6 @@ const maxResponseRead = 64 << 10
 
 // maxErrorText bounds the response excerpt kept as a subscription's last error.
 const maxErrorText = 256
-
-// NewHTTPClient returns the shared outbound client for pushes: every dial goes through
-// control (the SSRF guard, which sees the resolved address), no proxy (a proxy would hide
-// the destination from the guard), redirects are never followed, and connections are
-// pooled generously because one webhook host usually takes many concurrent pushes.
-func NewHTTPClient(control func(network, address string, c syscall.RawConn) error) *http.Client {
-	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second, Control: control}
-	tr := &http.Transport{
-		Proxy:               nil,
-		DialContext:         dialer.DialContext,
-		ForceAttemptHTTP2:   true,
-		MaxIdleConns:        4096,
-		MaxIdleConnsPerHost: maxConnsPerHost,
-		// Capped as the idle pool is: past it, pushes wait for a connection (inside their
-		// timeout) instead of dialing one that is closed right after. Many subscriptions
-		// pushing to one host (a fan-out) would otherwise churn thousands of connections.
-		MaxConnsPerHost:        maxConnsPerHost,
-		IdleConnTimeout:        90 * time.Second,
-		TLSHandshakeTimeout:    10 * time.Second,
-		ExpectContinueTimeout:  time.Second,
-		MaxResponseHeaderBytes: 64 << 10,
-	}
-	return &http.Client{
-		Transport: tr,
-		CheckRedirect: func(*http.Request, []*http.Request) error {
-			return http.ErrUseLastResponse
-		},
-	}
-}
-
-// pushSender is how pushes use c. A client from NewHTTPClient (or any without a jar or a
-// client timeout) only ever returns the first response, so its transport's RoundTrip does
-// the same work without Client.Do's per-request redirect bookkeeping. Errors are wrapped as
-// Client.Do wraps them, so failure texts do not depend on the path taken.
-func pushSender(c *http.Client) func(*http.Request) (*http.Response, error) {
-	if c.Jar != nil || c.Timeout != 0 {
-		return c.Do
-	}
-	rt := c.Transport
-	if rt == nil {
-		rt = http.DefaultTransport
-	}
-	return func(req *http.Request) (*http.Response, error) {
-		resp, err := rt.RoundTrip(req)
-		if err != nil {
-			return nil, &url.Error{Op: "Post", URL: req.URL.Redacted(), Err: err}
-		}
-		return resp, nil
-	}
-}
-
-// maxConnsPerHost bounds the connections one process keeps to one webhook host.
-const maxConnsPerHost = 1024
 
 // pushResult is what one push produced.
 type pushResult struct {
@@ -98,191 +43,133 @@ type pushResult struct {
 // maxContextError bounds the bridge-last-error header of a retry (SPEC §10).
 const maxContextError = 256
 
-// deadlineClock times one goroutine's calls, one after another (a worker's pushes, the
-// settler's Redis writes), with one context and one timer for as long as none runs out of
-// time. A context.WithTimeout per push cost a context, a timer and a cancel: about 2% of
-// the bridge's CPU at full rate. Not safe for concurrent use: one goroutine owns it.
-type deadlineClock struct {
-	parent context.Context // cut by a shutdown past its grace
-	ctx    context.Context
-	cancel context.CancelFunc
-	timer  *time.Timer // cancels ctx when a push outlives its timeout
-}
-
-// begin starts the clock of a call that may take up to d and returns its context.
-func (c *deadlineClock) begin(d time.Duration) context.Context {
-	if c.ctx == nil {
-		c.ctx, c.cancel = context.WithCancel(c.parent)
-		c.timer = time.AfterFunc(d, c.cancel)
-		return c.ctx
+// push sends m to the subscription's webhook once, within the subscription's timeout. It
+// returns aborted=true when the push was cut by a shutdown past its grace (parent is done):
+// the message is then left unsettled for reclaim.
+func (r *sub) push(parent context.Context, s *core.Subscription, m *core.Message) (res pushResult, aborted bool) {
+	if parent.Err() != nil {
+		return res, true
 	}
-	c.timer.Reset(d)
-	return c.ctx
-}
-
-// end stops the clock of the call begun last and reports whether it ran out of time.
-func (c *deadlineClock) end() (expired bool) {
-	if c.timer.Stop() {
-		return false
-	}
-	// Fired (or firing): this context is done for; the next call gets a new one.
-	c.cancel()
-	c.ctx = nil
-	return true
-}
-
-// close releases the context and the timer; its goroutine calls it when it ends.
-func (c *deadlineClock) close() {
-	if c.ctx != nil {
-		c.timer.Stop()
-		c.cancel()
-		c.ctx = nil
-	}
-}
-
-// push sends m to the subscription's webhook once, timed by clock. It returns aborted=true
-// when the push was cut by a shutdown past its grace: the message is then left unsettled
-// for reclaim.
-func (r *sub) push(clock *deadlineClock, s *core.Subscription, m *core.Message) (res pushResult, aborted bool) {
-	ctx := clock.begin(time.Duration(s.Timeout))
-	ended := false
-	defer func() {
-		if !ended {
-			clock.end()
-		}
-	}()
 	body, ct := m.Body, m.Headers[core.HeaderContentType]
 	ev, isEvent := cloudEvent(s.Format, m)
 	if isEvent {
 		body, ct = ev.body, ev.contentType
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.URL, bytes.NewReader(body))
-	if err != nil {
-		return pushResult{errText: "build request: " + err.Error()}, false
-	}
-	// Sized exactly for what this push carries, so adding the headers never grows the map
-	// (and the usual eight fit the runtime's one-group small map); every one-value slice
-	// is cut from one backing array instead of allocated on its own.
-	pass := func(k string) bool {
-		return !core.ForbiddenPushHeader(k) && k != core.HeaderContentType && (!isEvent || !strings.HasPrefix(k, "ce-"))
-	}
-	n := len(s.Headers) + len(ev.headers) + 8 // the 8 every push carries
-	for k := range m.Headers {
-		if pass(k) {
-			n++
-		}
-	}
-	if m.IdleMS > 0 {
-		n++
-	}
-	if s.Deferrable() && m.Origin != core.Unsettled {
-		n++
-	}
-	if !m.FirstAttempt.IsZero() {
-		n++
-		if m.LastStatus > 0 || m.LastError != "" {
-			n++
-		}
-	}
-	h := make(http.Header, n)
-	vals := make([]string, 0, n)
-	set := func(k, v string) {
-		vals = append(vals, v)
-		h[k] = vals[len(vals)-1 : len(vals) : len(vals)]
-	}
-	req.Header = h
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer func() {
+		fasthttp.ReleaseRequest(req)
+		fasthttp.ReleaseResponse(resp)
+	}()
+	req.Header.SetMethod(fasthttp.MethodPost)
+	req.SetRequestURI(s.URL)
+	h := &req.Header
+	// Later ones win: the message's headers, its CloudEvents attributes, the subscription's
+	// headers, then the bridge's own.
 	for k, v := range m.Headers {
-		if pass(k) {
-			set(canonical(k), v)
+		if !core.ForbiddenPushHeader(k) && k != core.HeaderContentType && (!isEvent || !strings.HasPrefix(k, "ce-")) {
+			h.Set(k, v)
 		}
 	}
 	for k, v := range ev.headers {
-		set(canonical(k), v)
+		h.Set(k, v)
 	}
 	for k, v := range s.Headers {
-		set(k, v)
+		h.Set(k, v)
 	}
 	if ct == "" {
 		ct = "application/octet-stream"
 	}
 	now := time.Now()
-	set("Content-Type", ct)
-	set("User-Agent", "bridge/1")
-	set("Webhook-Id", m.ID)
-	set("Webhook-Timestamp", strconv.FormatInt(now.Unix(), 10))
-	set("Webhook-Signature", r.live.currentSigner(now).Sign(m.ID, now, body))
-	set("Redis-Delivery-Count", strconv.Itoa(m.Deliveries))
+	var num [20]byte
+	h.SetContentType(ct)
+	h.SetUserAgent("bridge/1")
+	h.Set("Webhook-Id", m.ID)
+	h.SetBytesV("Webhook-Timestamp", strconv.AppendInt(num[:0], now.Unix(), 10))
+	h.Set("Webhook-Signature", r.live.currentSigner(now).Sign(m.ID, now, body))
+	h.SetBytesV("Redis-Delivery-Count", strconv.AppendInt(num[:0], int64(m.Deliveries), 10))
 	if m.IdleMS > 0 {
-		set("Redis-Idle-Ms", strconv.FormatInt(m.IdleMS, 10))
+		h.SetBytesV("Redis-Idle-Ms", strconv.AppendInt(num[:0], m.IdleMS, 10))
 	}
-	set("Bridge-Subject", m.Subject)
-	set("Bridge-Subscription", s.Name)
+	h.Set("Bridge-Subject", m.Subject)
+	h.Set("Bridge-Subscription", s.Name)
 	if s.Deferrable() && m.Origin != core.Unsettled {
 		res.token = newLeaseToken()
-		set("Bridge-Lease-Token", res.token)
+		h.Set("Bridge-Lease-Token", res.token)
 	}
 	if !m.FirstAttempt.IsZero() {
-		set("Bridge-First-Attempt", m.FirstAttempt.UTC().Format(time.RFC3339))
+		h.Set("Bridge-First-Attempt", m.FirstAttempt.UTC().Format(time.RFC3339))
 		if m.LastStatus > 0 {
-			set("Bridge-Last-Status", strconv.Itoa(m.LastStatus))
+			h.SetBytesV("Bridge-Last-Status", strconv.AppendInt(num[:0], int64(m.LastStatus), 10))
 		} else if m.LastError != "" {
-			set("Bridge-Last-Error", clip(m.LastError, maxContextError))
+			h.Set("Bridge-Last-Error", clip(m.LastError, maxContextError))
 		}
 	}
+	// The body is the message's (or the event's) own bytes, not a copy: nothing changes
+	// them while the push runs.
+	req.SetBodyRaw(body)
 
 	if tracing.Enabled() {
 		span := tracing.StartPush(m.Headers, m.Subject, s.Name, m.ID, redactURL(s.URL), m.Deliveries,
-			func(k, v string) { h[canonical(k)] = []string{v} })
+			func(k, v string) { h.Set(k, v) })
 		defer func() { span.EndPush(res.status, res.errText) }()
 	}
-	resp, err := r.e.send(req)
+	timeout := time.Duration(s.Timeout)
+	deadline := now.Add(timeout)
+	err := r.e.client.Do(req, resp, deadline)
 	res.latency = time.Since(now)
 	if err != nil {
-		if clock.parent.Err() != nil {
+		if parent.Err() != nil {
 			return res, true
 		}
-		ended = true
-		if clock.end() {
-			res.errText = fmt.Sprintf("timeout after %s", time.Duration(s.Timeout))
+		if errors.Is(err, fasthttp.ErrTimeout) || errors.Is(err, fasthttp.ErrDialTimeout) || !time.Now().Before(deadline) {
+			res.errText = fmt.Sprintf("timeout after %s", timeout)
 		} else {
-			res.errText = describeTransportError(err, time.Duration(s.Timeout))
+			res.errText = describeTransportError(err)
 		}
 		return res, false
 	}
-	res.status = resp.StatusCode
+	// The answer's body is a stream on the connection: closing it unread (or partly read)
+	// closes the connection rather than reading on.
+	defer func() { _ = resp.CloseBodyStream() }()
+	answer := resp.BodyStream()
+	if answer == nil {
+		answer = http.NoBody // no body to read (a 204, a 304)
+	}
+	res.status = resp.StatusCode()
 	if res.status < 200 {
-		// A final 1xx (101 Switching Protocols: the client hands over the raw connection,
-		// which no longer watches ctx) acknowledges nothing. Reading its "body" could wait
-		// forever, so it is closed unread and counted as a failed attempt.
-		_ = resp.Body.Close()
+		// A final 1xx (101 Switching Protocols) acknowledges nothing, and what follows it is
+		// not HTTP: its connection is closed unread, and the attempt fails.
 		res.errText = fmt.Sprintf("HTTP %d: a final informational answer is not an acknowledgement", res.status)
 		return res, false
 	}
 	if res.status == http.StatusAccepted && res.token != "" {
-		if v := resp.Header.Get("Bridge-Ack-Deadline"); v != "" {
-			d, err := core.ParseDuration(strings.TrimSpace(v))
+		if v := resp.Header.Peek("Bridge-Ack-Deadline"); len(v) > 0 {
+			d, err := core.ParseDuration(strings.TrimSpace(string(v)))
 			if err != nil || d <= 0 || d > core.MaxAckDeadline {
 				// A handler that meant to defer and cannot must not lose the message to an
 				// ack: the attempt fails and the message comes again.
-				_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxResponseRead))
-				_ = resp.Body.Close()
+				discard(answer, maxResponseRead)
 				res.status = 0
-				res.errText = fmt.Sprintf("invalid Bridge-Ack-Deadline %q: a duration from 1ms to 12h", printable([]byte(v)))
+				res.errText = fmt.Sprintf("invalid Bridge-Ack-Deadline %q: a duration from 1ms to 12h", printable(v))
 				return res, false
 			}
 			res.deferFor = d
 		}
 	}
-	res.retryAfter = resp.Header.Get("Retry-After")
-	res.noRetry = strings.EqualFold(strings.TrimSpace(resp.Header.Get("Bridge-Retry")), "false")
-	var excerpt []byte
-	if res.status < 200 || res.status >= 300 {
-		excerpt, _ = io.ReadAll(io.LimitReader(resp.Body, maxErrorText))
+	if v := resp.Header.Peek("Retry-After"); len(v) > 0 {
+		res.retryAfter = string(v)
 	}
-	// Drain (bounded) so the connection can be reused.
-	discard(resp.Body, maxResponseRead-len(excerpt))
-	_ = resp.Body.Close()
-	if res.status < 200 || res.status >= 300 {
+	if v := resp.Header.Peek("Bridge-Retry"); len(v) > 0 {
+		res.noRetry = strings.EqualFold(strings.TrimSpace(string(v)), "false")
+	}
+	var excerpt []byte
+	failed := res.status < 200 || res.status >= 300
+	if failed {
+		excerpt, _ = io.ReadAll(io.LimitReader(answer, maxErrorText))
+	}
+	// Read on (bounded) so the connection can be reused.
+	discard(answer, maxResponseRead-len(excerpt))
+	if failed {
 		res.errText = fmt.Sprintf("HTTP %d", res.status)
 		if t := printable(excerpt); t != "" {
 			res.errText += ": " + t
@@ -312,17 +199,17 @@ func discard(body io.Reader, n int) {
 	}
 }
 
-func describeTransportError(err error, timeout time.Duration) string {
-	if errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Sprintf("timeout after %s", timeout)
+// describeTransportError is a failed push's last error when no answer came, in the
+// webhook's terms rather than the HTTP library's (whose advice is for a server's author).
+func describeTransportError(err error) string {
+	var small *fasthttp.ErrSmallBuffer
+	switch {
+	case errors.Is(err, fasthttp.ErrConnectionClosed), errors.Is(err, io.EOF):
+		return "the webhook closed the connection without answering"
+	case errors.As(err, &small):
+		return fmt.Sprintf("the answer's status line and headers exceed %d KiB", maxResponseHeader>>10)
 	}
-	var ue interface{ Unwrap() error }
-	if errors.As(err, &ue) {
-		if inner := ue.Unwrap(); inner != nil {
-			err = inner
-		}
-	}
-	return err.Error()
+	return clip(strings.ReplaceAll(err.Error(), "fasthttp: ", ""), maxErrorText)
 }
 
 // printable keeps a short, single-line, valid UTF-8 excerpt of a response body.
@@ -373,5 +260,3 @@ func clip(s string, n int) string {
 	}
 	return s[:n]
 }
-
-func canonical(lower string) string { return http.CanonicalHeaderKey(lower) }

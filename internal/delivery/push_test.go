@@ -1,17 +1,37 @@
 package delivery
 
 import (
+	"bufio"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"testing/iotest"
+	"time"
+
+	"github.com/valyala/fasthttp"
 )
 
-// The push path skips Client.Do when the client adds nothing; it must still never follow
-// a redirect, and fail with the same texts.
-func TestPushSenderDoesNotFollowRedirects(t *testing.T) {
+// post sends one push-like POST through c and returns the status, or the error.
+func post(t *testing.T, c *Client, url string, timeout time.Duration) (int, error) {
+	t.Helper()
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.Header.SetMethod(fasthttp.MethodPost)
+	req.SetRequestURI(url)
+	req.SetBodyString("x")
+	if err := c.Do(req, resp, time.Now().Add(timeout)); err != nil {
+		return 0, err
+	}
+	_ = resp.CloseBodyStream()
+	return resp.StatusCode(), nil
+}
+
+// A push never follows a redirect: the 3xx is its answer.
+func TestClientDoesNotFollowRedirects(t *testing.T) {
 	var followed bool
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/elsewhere" {
@@ -21,50 +41,69 @@ func TestPushSenderDoesNotFollowRedirects(t *testing.T) {
 		http.Redirect(w, r, "/elsewhere", http.StatusFound)
 	}))
 	defer srv.Close()
-	send := pushSender(NewHTTPClient(nil))
-	req, _ := http.NewRequest(http.MethodPost, srv.URL+"/hook", strings.NewReader("x"))
-	resp, err := send(req)
+	status, err := post(t, NewClient(nil), srv.URL+"/hook", 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = resp.Body.Close()
-	if resp.StatusCode != http.StatusFound || followed {
-		t.Fatalf("status %d, followed %v: want the 302 itself", resp.StatusCode, followed)
+	if status != http.StatusFound || followed {
+		t.Fatalf("status %d, followed %v: want the 302 itself", status, followed)
 	}
 }
 
-func TestPushSenderErrorsReadAsClientErrors(t *testing.T) {
-	srv := httptest.NewServer(http.NotFoundHandler())
-	url := srv.URL + "/hook"
-	srv.Close() // nothing listens there now
-	c := NewHTTPClient(nil)
-	post := func(send func(*http.Request) (*http.Response, error)) string {
-		req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader("x"))
-		_, err := send(req)
-		if err == nil {
-			t.Fatal("a push to a closed port succeeded")
-		}
-		return describeTransportError(err, 0)
-	}
-	if direct, viaDo := post(pushSender(c)), post(c.Do); direct != viaDo {
-		t.Fatalf("error text %q, Client.Do says %q", direct, viaDo)
-	}
-}
-
-func TestPushSenderKeepsClientTimeout(t *testing.T) {
-	c := &http.Client{Timeout: 1}
-	if send := pushSender(c); send == nil {
-		t.Fatal("no sender")
-	}
-	// With a client timeout the client itself must send (only Do enforces it): a request
-	// to a handler that never answers times out at once.
+// A shutdown past its grace aborts the client: a push waiting for its answer fails at
+// once, and so does every later one.
+func TestClientAbortCutsPushesInFlight(t *testing.T) {
 	release := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-release }))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
 	defer srv.Close()
 	defer close(release)
-	req, _ := http.NewRequest(http.MethodPost, srv.URL, strings.NewReader("x"))
-	if _, err := pushSender(c)(req); err == nil {
-		t.Fatal("the client's 1ns timeout was not applied")
+	c := NewClient(nil)
+	done := make(chan error, 1)
+	go func() {
+		_, err := post(t, c, srv.URL, time.Minute)
+		done <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // the push is waiting for its answer
+	start := time.Now()
+	c.Abort()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("the push in flight succeeded")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Abort did not cut the push in flight")
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Fatalf("the push ended %v after Abort", took)
+	}
+	if _, err := post(t, c, srv.URL, time.Minute); err == nil {
+		t.Fatal("a push after Abort succeeded")
+	}
+}
+
+// A server that closes a kept-alive connection (as Node does after 5 s idle) may do so
+// just as a push reuses it. The push goes out again on a new connection instead of
+// failing the attempt.
+func TestClientResendsOnAConnectionClosedUnderIt(t *testing.T) {
+	// Each connection answers one request 200 with keep-alive, then closes without
+	// saying so: the client pools it, and its next push finds it closed.
+	url := rawServer(t, func(conn net.Conn, br *bufio.Reader) {
+		answer(conn, br, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+	})
+	c := NewClient(nil)
+	for i := range 5 {
+		if i > 0 {
+			time.Sleep(50 * time.Millisecond) // the server's close has arrived
+		}
+		if status, err := post(t, c, url, 5*time.Second); err != nil || status != 200 {
+			t.Fatalf("push %d: status %d, %v", i+1, status, err)
+		}
 	}
 }
 
@@ -80,4 +119,94 @@ func TestDiscardReadsAtMostN(t *testing.T) {
 	}
 	discard(iotest.ErrReader(io.ErrUnexpectedEOF), 10) // returns on an error
 	discard(http.NoBody, 10)
+}
+
+// A careless webhook that answers status 000 has not taken the message. fasthttp reads
+// that status as 200; the push must fail instead.
+func TestClientFailsAZeroStatus(t *testing.T) {
+	url := rawServer(t, func(conn net.Conn, br *bufio.Reader) {
+		_ = answer(conn, br, "HTTP/1.1 000 OK\r\nContent-Length: 0\r\n\r\n") &&
+			answer(conn, br, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+	})
+	c := NewClient(nil)
+	if status, err := post(t, c, url, 5*time.Second); err == nil {
+		t.Fatalf("status 000 read as %d", status)
+	}
+	// The next push is on a new connection, whose first answer is 000 again: the client
+	// did not reuse the connection that answered 000.
+	if status, err := post(t, c, url, 5*time.Second); err == nil {
+		t.Fatalf("second push: status 000 read as %d", status)
+	}
+}
+
+// rawServer calls serve on every connection it accepts, and closes the connection when
+// serve returns. It returns a webhook URL on it.
+func rawServer(t *testing.T, serve func(conn net.Conn, br *bufio.Reader)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				serve(conn, bufio.NewReader(conn))
+			}()
+		}
+	}()
+	return "http://" + ln.Addr().String() + "/hook"
+}
+
+// answer reads a request from br and writes raw to conn; it reports whether a request came.
+func answer(conn net.Conn, br *bufio.Reader, raw string) bool {
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		return false
+	}
+	_, _ = io.Copy(io.Discard, req.Body)
+	_, err = conn.Write([]byte(raw))
+	return err == nil
+}
+
+// serveRaw answers one request on each connection with raw, then closes it.
+func serveRaw(t *testing.T, raw string) string {
+	return rawServer(t, func(conn net.Conn, br *bufio.Reader) { answer(conn, br, raw) })
+}
+
+// A push that got no answer says why in the webhook's terms (the subscription's last error).
+func TestTransportErrorTexts(t *testing.T) {
+	closed := httptest.NewServer(http.NotFoundHandler())
+	refused := closed.URL
+	closed.Close()
+	cases := []struct {
+		name, url, want string
+	}{
+		{"nothing listens", refused, "connection refused"},
+		{"closed without answering", serveRaw(t, ""), "the webhook closed the connection without answering"},
+		{"head too large", serveRaw(t, "HTTP/1.1 200 OK\r\nX-Big: "+strings.Repeat("a", 20<<10)+"\r\nContent-Length: 0\r\n\r\n"),
+			"the answer's status line and headers exceed 16 KiB"},
+		{"not HTTP", serveRaw(t, "SSH-2.0-OpenSSH\r\n\r\n"), "first line of response"},
+	}
+	c := NewClient(nil)
+	for _, tc := range cases {
+		_, err := post(t, c, tc.url, 5*time.Second)
+		if err == nil {
+			t.Errorf("%s: the push succeeded", tc.name)
+			continue
+		}
+		if got := describeTransportError(err); !strings.Contains(got, tc.want) || strings.Contains(got, "fasthttp") {
+			t.Errorf("%s: %q, want it to say %q", tc.name, got, tc.want)
+		}
+	}
+	// A head just under the limit is an answer.
+	url := serveRaw(t, "HTTP/1.1 204 No Content\r\nX-Big: "+strings.Repeat("a", 15<<10)+"\r\n\r\n")
+	if status, err := post(t, c, url, 5*time.Second); err != nil || status != 204 {
+		t.Fatalf("a 15 KiB head: status %d, %v", status, err)
+	}
 }

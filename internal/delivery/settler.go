@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"context"
 	"time"
 
 	"github.com/bridge-dev/bridge/internal/core"
@@ -93,5 +94,47 @@ func (s *settler) flush(batch []core.Settlement) {
 		case <-s.e.abortCtx.Done():
 			t.Stop()
 		}
+	}
+}
+
+// deadlineClock times one goroutine's calls, one after another (the settler's Redis
+// writes), with one context and one timer for as long as none runs out of time. A
+// context.WithTimeout per call costs a context, a timer and a cancel. Not safe for
+// concurrent use: one goroutine owns it.
+type deadlineClock struct {
+	parent context.Context // cut by a shutdown past its grace
+	ctx    context.Context
+	cancel context.CancelFunc
+	timer  *time.Timer // cancels ctx when a push outlives its timeout
+}
+
+// begin starts the clock of a call that may take up to d and returns its context.
+func (c *deadlineClock) begin(d time.Duration) context.Context {
+	if c.ctx == nil {
+		c.ctx, c.cancel = context.WithCancel(c.parent)
+		c.timer = time.AfterFunc(d, c.cancel)
+		return c.ctx
+	}
+	c.timer.Reset(d)
+	return c.ctx
+}
+
+// end stops the clock of the call begun last and reports whether it ran out of time.
+func (c *deadlineClock) end() (expired bool) {
+	if c.timer.Stop() {
+		return false
+	}
+	// Fired (or firing): this context is done for; the next call gets a new one.
+	c.cancel()
+	c.ctx = nil
+	return true
+}
+
+// close releases the context and the timer; its goroutine calls it when it ends.
+func (c *deadlineClock) close() {
+	if c.ctx != nil {
+		c.timer.Stop()
+		c.cancel()
+		c.ctx = nil
 	}
 }

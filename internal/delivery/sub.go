@@ -291,13 +291,11 @@ func (r *sub) worker(m core.Message) {
 	// One message value per worker, reused: handle takes its address, so a fresh one per
 	// message would be a heap allocation per push. handle keeps no pointer to it.
 	var cur core.Message
-	clock := deadlineClock{parent: r.e.abortCtx}
-	defer clock.close()
 	for {
 		r.live.stats.InFlight.Add(1)
 		cur = m
 		for more := true; more; {
-			res := r.handle(&cur, &clock)
+			res := r.handle(&cur)
 			more = false
 			if r.gate != nil && !r.isStopped() {
 				// The next message of the same key goes on this worker and slot.
