@@ -18,9 +18,11 @@ const (
 	// is closed right after: many subscriptions pushing to one host (a fan-out) would
 	// otherwise churn thousands of connections.
 	maxConnsPerHost = 1024
-	// maxResponseHeader bounds a webhook's answer line and headers together (README,
-	// Limits); a larger answer fails the attempt.
-	maxResponseHeader = 16 << 10
+	// maxResponseHeader bounds a webhook's answer line and headers together (README); a
+	// larger answer fails the attempt. It is the size of the read buffer each push in
+	// flight holds, so it weighs on peak memory: 256 pushes in flight hold 2 MiB. 8 KiB is
+	// also what nginx allows an upstream's answer head by default.
+	maxResponseHeader = 8 << 10
 	// idleConnTimeout is how long an unused connection to a webhook is kept.
 	idleConnTimeout = 90 * time.Second
 	// dialTimeout bounds a connection's dial (the push's own timeout may cut it sooner).

@@ -189,8 +189,8 @@ func TestTransportErrorTexts(t *testing.T) {
 	}{
 		{"nothing listens", refused, "connection refused"},
 		{"closed without answering", serveRaw(t, ""), "the webhook closed the connection without answering"},
-		{"head too large", serveRaw(t, "HTTP/1.1 200 OK\r\nX-Big: "+strings.Repeat("a", 20<<10)+"\r\nContent-Length: 0\r\n\r\n"),
-			"the answer's status line and headers exceed 16 KiB"},
+		{"head too large", serveRaw(t, "HTTP/1.1 200 OK\r\nX-Big: "+strings.Repeat("a", 9<<10)+"\r\nContent-Length: 0\r\n\r\n"),
+			"the answer's status line and headers exceed 8 KiB"},
 		{"not HTTP", serveRaw(t, "SSH-2.0-OpenSSH\r\n\r\n"), "first line of response"},
 	}
 	c := NewClient(nil)
@@ -205,8 +205,8 @@ func TestTransportErrorTexts(t *testing.T) {
 		}
 	}
 	// A head just under the limit is an answer.
-	url := serveRaw(t, "HTTP/1.1 204 No Content\r\nX-Big: "+strings.Repeat("a", 15<<10)+"\r\n\r\n")
+	url := serveRaw(t, "HTTP/1.1 204 No Content\r\nX-Big: "+strings.Repeat("a", 7<<10)+"\r\n\r\n")
 	if status, err := post(t, c, url, 5*time.Second); err != nil || status != 204 {
-		t.Fatalf("a 15 KiB head: status %d, %v", status, err)
+		t.Fatalf("a 7 KiB head: status %d, %v", status, err)
 	}
 }
