@@ -5,11 +5,13 @@ import (
 	"bytes"
 	"compress/gzip"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -96,6 +98,70 @@ func TestSwitchingProtocolsWebhookIsAFailedAttempt(t *testing.T) {
 		t.Fatalf("SIGTERM during a silent 101: exit %d after %s (grace 2s)", code, took)
 	}
 	t.Logf("101 then silence: retried after %s; SIGTERM exit %d in %s", first[1].At.Sub(first[0].At).Round(time.Millisecond), code, took.Round(time.Millisecond))
+}
+
+// An https webhook, its certificate trusted through SSL_CERT_FILE as an operator would: every
+// message arrives once over TLS, signed, on kept-alive connections; an answer of status 000
+// over TLS is a failed attempt, not an acknowledgement.
+func TestHTTPSWebhook(t *testing.T) {
+	t.Parallel()
+	rs := redistest.Start(t, redistest.Options{})
+	var conns, plain atomic.Int64
+	rc := &receiver{seen: map[string]int{}}
+	rc.answer = func(w http.ResponseWriter, p push, nth int) {
+		if string(p.Body) == "zero" && nth == 0 {
+			conn, buf, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			_, _ = buf.WriteString("HTTP/1.1 000 OK\r\nContent-Length: 0\r\n\r\n")
+			_ = buf.Flush()
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}
+	rc.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS == nil {
+			plain.Add(1)
+		}
+		rc.serve(w, r)
+	}))
+	rc.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	rc.StartTLS()
+	t.Cleanup(rc.Close)
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: rc.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	br := startBridge(t, redisURL(rs), "SSL_CERT_FILE="+ca)
+	subject := uniq("tls")
+	rc.setSecret(br.subscribe("tls", fastSub(rc.URL, subject, map[string]any{"max_in_flight": 4})))
+	const n = 200
+	for i := range n {
+		if code, _ := br.publish(subject, []byte(strconv.Itoa(i))); code != http.StatusAccepted {
+			t.Fatalf("publish: %d", code)
+		}
+	}
+	redistest.Eventually(t, 20*time.Second, func() bool { return rc.distinct() == n }, "%d of %d delivered over TLS", rc.distinct(), n)
+	for _, p := range rc.all() {
+		if !p.Verified {
+			t.Fatalf("push %s: signature does not verify", p.ID)
+		}
+	}
+	if c := rc.count(); c != n || plain.Load() != 0 {
+		t.Fatalf("%d pushes for %d messages, %d without TLS", c, n, plain.Load())
+	}
+	if c := conns.Load(); c > 8 {
+		t.Fatalf("%d TLS connections for %d pushes at max_in_flight 4: not kept alive", c, n)
+	}
+	_, id := br.publish(subject, []byte("zero"))
+	redistest.Eventually(t, 10*time.Second, func() bool { return len(rc.byID(id)) >= 2 }, "the 000 answer was not retried")
+	t.Logf("https: %d pushes on %d connections; status 000 retried", n, conns.Load())
 }
 
 // A hundred dead letters of 1 MiB: a listing of all of them holds each body once, cut at

@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -44,6 +45,9 @@ const (
 type Client struct {
 	fc     *fasthttp.Client
 	dialer net.Dialer
+	// tlsConfig is the base of every https connection's configuration (ServerName is
+	// set per host).
+	tlsConfig *tls.Config
 
 	mu      sync.Mutex
 	conns   map[*trackedConn]struct{}
@@ -54,8 +58,9 @@ type Client struct {
 // SSRF guard); nil allows any.
 func NewClient(control func(network, address string, c syscall.RawConn) error) *Client {
 	c := &Client{
-		dialer: net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second, Control: control},
-		conns:  map[*trackedConn]struct{}{},
+		dialer:    net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second, Control: control},
+		tlsConfig: &tls.Config{ClientSessionCache: tls.NewLRUClientSessionCache(0)},
+		conns:     map[*trackedConn]struct{}{},
 	}
 	c.fc = &fasthttp.Client{
 		DialTimeout:         c.dial,
@@ -71,6 +76,12 @@ func NewClient(control func(network, address string, c syscall.RawConn) error) *
 		ConfigureClient: func(hc *fasthttp.HostClient) error {
 			// Errors name what was wrong, without quoting the answer's bytes.
 			hc.SecureErrorLogMessage = true
+			if hc.IsTLS {
+				// TLS is set up in the bridge's own dial, so that the answer check
+				// (checkedConn) reads plaintext; fasthttp takes a connection with a
+				// Handshake method as TLS already.
+				hc.DialTimeout = c.dialTLS
+			}
 			return nil
 		},
 	}
@@ -91,7 +102,33 @@ func retryStaleConn(_ *fasthttp.Request, attempts int, err error) (resetTimeout,
 // errClientAborted is what dials fail with once the client was aborted.
 var errClientAborted = errors.New("the bridge is shutting down")
 
+// dial connects to a plain-HTTP webhook.
 func (c *Client) dial(addr string, timeout time.Duration) (net.Conn, error) {
+	conn, err := c.dialTCP(addr, timeout)
+	if err != nil {
+		return nil, err
+	}
+	return &checkedConn{Conn: conn}, nil
+}
+
+// dialTLS connects to an https webhook. The handshake happens with the first write,
+// within the push's deadline.
+func (c *Client) dialTLS(addr string, timeout time.Duration) (net.Conn, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := c.dialTCP(addr, timeout)
+	if err != nil {
+		return nil, err
+	}
+	cfg := c.tlsConfig.Clone()
+	cfg.ServerName = host
+	return &checkedTLSConn{Conn: tls.Client(conn, cfg)}, nil
+}
+
+// dialTCP connects through the SSRF guard, and tracks the connection for Abort.
+func (c *Client) dialTCP(addr string, timeout time.Duration) (net.Conn, error) {
 	c.mu.Lock()
 	aborted := c.aborted
 	c.mu.Unlock()
@@ -144,32 +181,6 @@ type trackedConn struct {
 	net.Conn
 	c    *Client
 	once sync.Once
-	// answerNext: the next read starts an answer (the client sends one request at a time
-	// on a connection, and waits for its answer before the next).
-	answerNext bool
-}
-
-// errZeroStatus fails a push answered with status 000, which fasthttp would report as 200.
-var errZeroStatus = errors.New("malformed HTTP status code 000")
-
-func (tc *trackedConn) Write(p []byte) (int, error) {
-	tc.answerNext = true
-	return tc.Conn.Write(p)
-}
-
-// Read refuses an answer whose status is 000. fasthttp keeps a status of 0 as "unset"
-// and reports 200 for it, which would acknowledge a message the webhook never took; to
-// net/http it was status 0, a failed attempt. Over TLS, what this reads is ciphertext, and
-// the check does not apply.
-func (tc *trackedConn) Read(p []byte) (int, error) {
-	n, err := tc.Conn.Read(p)
-	if tc.answerNext && n > 0 {
-		tc.answerNext = false
-		if b := p[:n]; len(b) >= 12 && string(b[:7]) == "HTTP/1." && string(b[8:12]) == " 000" {
-			return 0, errZeroStatus
-		}
-	}
-	return n, err
 }
 
 func (tc *trackedConn) Close() error {
@@ -179,4 +190,59 @@ func (tc *trackedConn) Close() error {
 		tc.c.mu.Unlock()
 	})
 	return tc.Conn.Close()
+}
+
+// errZeroStatus fails a push answered with status 000, which fasthttp would report as 200.
+var errZeroStatus = errors.New("malformed HTTP status code 000")
+
+// answerCheck refuses an answer whose status is 000. fasthttp keeps a status of 0 as
+// "unset" and reports 200 for it, which would acknowledge a message the webhook never
+// took; to net/http it was status 0, a failed attempt. It looks at the first read after
+// each write: the client sends one request at a time on a connection, and waits for its
+// answer before the next.
+type answerCheck struct{ answerNext bool }
+
+func (a *answerCheck) wrote() { a.answerNext = true }
+
+func (a *answerCheck) read(b []byte, n int, err error) (int, error) {
+	if a.answerNext && n > 0 {
+		a.answerNext = false
+		if b := b[:n]; len(b) >= 12 && string(b[:7]) == "HTTP/1." && string(b[8:12]) == " 000" {
+			return 0, errZeroStatus
+		}
+	}
+	return n, err
+}
+
+// checkedConn is a plain-HTTP connection with the answer check.
+type checkedConn struct {
+	net.Conn
+	check answerCheck
+}
+
+func (cc *checkedConn) Write(b []byte) (int, error) {
+	cc.check.wrote()
+	return cc.Conn.Write(b)
+}
+
+func (cc *checkedConn) Read(b []byte) (int, error) {
+	n, err := cc.Conn.Read(b)
+	return cc.check.read(b, n, err)
+}
+
+// checkedTLSConn is an https connection with the answer check on its plaintext. It keeps
+// *tls.Conn's Handshake method, by which fasthttp knows it for TLS.
+type checkedTLSConn struct {
+	*tls.Conn
+	check answerCheck
+}
+
+func (cc *checkedTLSConn) Write(b []byte) (int, error) {
+	cc.check.wrote()
+	return cc.Conn.Write(b)
+}
+
+func (cc *checkedTLSConn) Read(b []byte) (int, error) {
+	n, err := cc.Conn.Read(b)
+	return cc.check.read(b, n, err)
 }

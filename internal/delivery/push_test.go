@@ -2,11 +2,13 @@ package delivery
 
 import (
 	"bufio"
+	"crypto/x509"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -208,5 +210,50 @@ func TestTransportErrorTexts(t *testing.T) {
 	url := serveRaw(t, "HTTP/1.1 204 No Content\r\nX-Big: "+strings.Repeat("a", 7<<10)+"\r\n\r\n")
 	if status, err := post(t, c, url, 5*time.Second); err != nil || status != 204 {
 		t.Fatalf("a 7 KiB head: status %d, %v", status, err)
+	}
+}
+
+// An https webhook: the push goes through the bridge's own TLS dial, the connection is
+// reused, and an answer of status 000 fails there too (the check reads the plaintext).
+func TestClientOverTLS(t *testing.T) {
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/zero" {
+			conn, buf, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			_, _ = buf.WriteString("HTTP/1.1 000 OK\r\nContent-Length: 0\r\n\r\n")
+			_ = buf.Flush()
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.StartTLS()
+	defer srv.Close()
+	c := NewClient(nil)
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	c.tlsConfig.RootCAs = pool
+	for i := range 3 {
+		if status, err := post(t, c, srv.URL+"/hook", 5*time.Second); err != nil || status != http.StatusNoContent {
+			t.Fatalf("push %d over TLS: status %d, %v", i+1, status, err)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Fatalf("three pushes used %d connections, want 1 kept alive", n)
+	}
+	if status, err := post(t, c, srv.URL+"/zero", 5*time.Second); err == nil {
+		t.Fatalf("status 000 over TLS read as %d", status)
+	}
+	// A certificate nobody vouches for is a failed push.
+	if _, err := post(t, NewClient(nil), srv.URL+"/hook", 5*time.Second); err == nil {
+		t.Fatal("a push to an unknown certificate succeeded")
 	}
 }
