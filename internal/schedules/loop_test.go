@@ -210,12 +210,12 @@ func TestLoopRetriesAfterRedisOutage(t *testing.T) {
 	e.rs.Kill(t)
 	time.Sleep(2500 * time.Millisecond)
 	e.rs.Restart(t) // the data survives in the append-only file
-	time.Sleep(2500 * time.Millisecond)
-	ts := ticks(t, e.rs, "outage")
-	consecutive(t, ts, time.Second)
-	if len(ts) < 5 {
-		t.Fatalf("%d ticks over 5 s with an outage: %v", len(ts), ts)
-	}
+	// Past the outage's ticks and two more. How soon the client reconnects and the loop's
+	// retry (every second) gets through depends on the machine's load, so the wait is
+	// bounded rather than fixed; any tick missed for good shows as a gap below.
+	redistest.Eventually(t, 15*time.Second, func() bool { return len(ticks(t, e.rs, "outage")) >= 5 },
+		"fewer than 5 ticks 15 s after the outage")
+	consecutive(t, ticks(t, e.rs, "outage"), time.Second)
 }
 
 // Several schedules on one subject each fire their own ticks, with ids of their own.
