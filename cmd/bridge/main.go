@@ -180,7 +180,7 @@ func run(ctx context.Context, environ []string) error {
 	if err != nil {
 		return fmt.Errorf("BRIDGE_LISTEN: %w", err)
 	}
-	srv := httpapi.NewServer(cfg.Listen, handler, log)
+	srv := httpapi.NewServer(handler, log)
 	if tokens == nil {
 		log.Warn("no BRIDGE_TOKEN or BRIDGE_TOKENS_FILE: the API is open to anyone who can reach " + ln.Addr().String())
 	} else {
@@ -200,7 +200,7 @@ func run(ctx context.Context, environ []string) error {
 	trimmer.Start()
 	ticker.Start()
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- httpapi.Serve(srv, ln) }()
+	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info("bridge listening", zap.String("addr", ln.Addr().String()))
 
 	hup := make(chan os.Signal, 1)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"sort"
 	"strings"
 	"testing"
@@ -22,6 +21,7 @@ import (
 	"github.com/getkin/kin-openapi/routers"
 	"github.com/getkin/kin-openapi/routers/legacy"
 	"github.com/go-chi/chi/v5"
+	"go.uber.org/zap"
 )
 
 type idleEngine struct{}
@@ -31,7 +31,7 @@ func (idleEngine) Sync(context.Context, int64) error { return nil }
 func (idleEngine) Poke(string)                       {}
 func (idleEngine) Consumer() string                  { return "test" }
 
-func newAPI(t *testing.T, rs *redistest.Server) http.Handler {
+func newAPI(t *testing.T, rs *redistest.Server) *httpapi.Handler {
 	t.Helper()
 	allow, _ := netguard.ParseCIDRs("127.0.0.1/32")
 	b := broker.New(rs.Client(t))
@@ -62,7 +62,7 @@ func TestOpenAPIMatchesRouter(t *testing.T) {
 	doc, _ := loadDoc(t)
 	h := httpapi.NewHandler(nil, nil, idleEngine{}, httpapi.Options{MetricsHandler: http.NotFoundHandler()})
 	served := map[string]bool{}
-	err := chi.Walk(h.(chi.Routes), func(method, route string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {
+	err := chi.Walk(h.Routes(), func(method, route string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {
 		if strings.HasPrefix(route, "/console") {
 			return nil // the web console's files, not the JSON API
 		}
@@ -106,7 +106,7 @@ type call struct {
 	code                     string
 }
 
-func (c call) do(t *testing.T, srv *httptest.Server, router routers.Router) []byte {
+func (c call) do(t *testing.T, srv *testServer, router routers.Router) []byte {
 	t.Helper()
 	var body io.Reader
 	if c.body != "" {
@@ -163,8 +163,7 @@ func (c call) do(t *testing.T, srv *httptest.Server, router routers.Router) []by
 func TestBadRequestsWriteNothing(t *testing.T) {
 	rs := redistest.Start(t, redistest.Options{})
 	_, router := loadDoc(t)
-	srv := httptest.NewServer(newAPI(t, rs))
-	t.Cleanup(srv.Close)
+	srv := startServer(t, newAPI(t, rs))
 	rs.Do(t, "SET", "plain-string", "x")
 	rs.Do(t, "HSET", "bridge:subscriptions", "existing", `{"name":"existing","subject":"orders","url":"http://127.0.0.1:1/","transport":"stream","max_deliveries":5,"retry":{"min_backoff":"1s","max_backoff":"10m"},"timeout":"30s","visibility_timeout":"1m","max_in_flight":16,"secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","headers":{}}`)
 	before := rs.DBSize(t)
@@ -303,8 +302,7 @@ func TestBadRequestsWriteNothing(t *testing.T) {
 func TestSuccessfulResponsesMatchDocument(t *testing.T) {
 	rs := redistest.Start(t, redistest.Options{})
 	_, router := loadDoc(t)
-	srv := httptest.NewServer(newAPI(t, rs))
-	t.Cleanup(srv.Close)
+	srv := startServer(t, newAPI(t, rs))
 	for _, c := range []call{
 		{name: "healthz", method: "GET", path: "/healthz", status: 200},
 		{name: "readyz", method: "GET", path: "/readyz", status: 200},
@@ -375,8 +373,7 @@ func TestSuccessfulResponsesMatchDocument(t *testing.T) {
 func TestUnreadyRegistryAndBatchOutage(t *testing.T) {
 	rs := redistest.Start(t, redistest.Options{})
 	_, router := loadDoc(t)
-	srv := httptest.NewServer(newAPI(t, rs))
-	t.Cleanup(srv.Close)
+	srv := startServer(t, newAPI(t, rs))
 	rs.Do(t, "XADD", "bridge:subscriptions", "*", "_payload", "x")
 	call{name: "readyz wrong registry", method: "GET", path: "/readyz", status: 503, code: "not_ready"}.do(t, srv, router)
 	rs.Do(t, "DEL", "bridge:subscriptions")
@@ -393,4 +390,17 @@ func TestUnreadyRegistryAndBatchOutage(t *testing.T) {
 	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" || !bytes.Contains(raw, []byte("redis_unavailable")) {
 		t.Fatalf("batch with Redis down: %d %q %s", resp.StatusCode, resp.Header.Get("Retry-After"), raw)
 	}
+}
+
+// testServer is the API served as the binary serves it: Server on 127.0.0.1, so the
+// native publish and the net/http adaptor are both under test.
+type testServer struct {
+	URL string
+}
+
+func (*testServer) Client() *http.Client { return http.DefaultClient }
+
+func startServer(t *testing.T, h http.Handler) *testServer {
+	t.Helper()
+	return &testServer{URL: "http://" + serve(t, httpapi.NewServer(h, zap.NewNop()))}
 }

@@ -3,25 +3,18 @@ package httpapi
 import (
 	"errors"
 	"net"
-	"net/http"
 	"sync"
 	"time"
 )
 
-// Serve runs srv on ln, handing it each connection once the connection's first byte has
-// arrived.
-//
-// Why: net/http times a new connection's first request from accept, with
-// ReadHeaderTimeout, so a connection that a client's pool dials and keeps unused for a few
-// seconds is closed under it. Go's transport does exactly that when a request it dialed
-// for is served by another connection that freed up first. A POST sent on that connection
-// as it closes fails with a bare EOF, and no client retries it: the connection was never
-// used, and a POST is not idempotent. So until its first byte, a new connection counts as
-// idle, like a kept-alive one between requests, and IdleTimeout bounds it; the header and
-// request timeouts start with the request.
-func Serve(srv *http.Server, ln net.Listener) error {
-	return srv.Serve(newFirstByteListener(ln, srv.IdleTimeout))
-}
+// Why firstByteListener: a server that times a new connection's first request from
+// accept closes a connection that a client's pool dials and keeps unused for a few
+// seconds. Go's transport does exactly that when a request it dialed for is served by
+// another connection that freed up first. A POST sent on that connection as it closes
+// fails with a bare EOF, and no client retries it: the connection was never used, and a
+// POST is not idempotent. So until its first byte, a new connection counts as idle, like
+// a kept-alive one between requests, and IdleTimeout bounds it; the header and request
+// timeouts start with the request.
 
 // firstByteListener accepts from the wrapped listener and returns a connection from
 // Accept only once its first byte has arrived (or a connection error or the inner

@@ -13,6 +13,7 @@ type problemKind struct {
 
 // problems is the one table of every error the API answers with (listed in api/openapi.yaml).
 var problems = map[string]problemKind{
+	"bad_request":           {http.StatusBadRequest, "Malformed HTTP request"},
 	"invalid_subject":       {http.StatusBadRequest, "Invalid subject"},
 	"invalid_name":          {http.StatusBadRequest, "Invalid subscription name"},
 	"invalid_json":          {http.StatusBadRequest, "Invalid JSON body"},
@@ -31,9 +32,11 @@ var problems = map[string]problemKind{
 	"lease_expired":         {http.StatusConflict, "Message no longer deferred"},
 	"not_found":             {http.StatusNotFound, "Not found"},
 	"method_not_allowed":    {http.StatusMethodNotAllowed, "Method not allowed"},
+	"request_timeout":       {http.StatusRequestTimeout, "Request not received in time"},
 	"subject_immutable":     {http.StatusConflict, "Subject cannot change"},
 	"wrong_type":            {http.StatusConflict, "Key holds another Redis type"},
 	"payload_too_large":     {http.StatusRequestEntityTooLarge, "Payload too large"},
+	"header_too_large":      {http.StatusRequestHeaderFieldsTooLarge, "Request headers too large"},
 	"redis_unavailable":     {http.StatusServiceUnavailable, "Redis unavailable"},
 	"not_ready":             {http.StatusServiceUnavailable, "Not ready"},
 	"internal":              {http.StatusInternalServerError, "Internal error"},

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -25,23 +26,7 @@ import (
 // rule refuses, a wrong method or a near-miss path get chi's answers.
 func TestPublishRouteAnswersLikeChi(t *testing.T) {
 	rs := redistest.Start(t, redistest.Options{})
-	sum := func(tok string) string { s := sha256.Sum256([]byte(tok)); return hex.EncodeToString(s[:]) }
-	set, err := auth.Parse([]byte(`tokens:
-  - name: orders
-    token_sha256: ` + sum("orders-token") + `
-    scopes: ["publish:orders.*"]
-  - name: admin
-    token_sha256: ` + sum("admin-token") + `
-    scopes: ["admin"]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	allow, _ := netguard.ParseCIDRs("127.0.0.1/32")
-	b := broker.New(rs.Client(t))
-	h := httpapi.NewHandler(b, registry.New(b, netguard.New(allow)), idleEngine{}, httpapi.Options{
-		MaxBody: 1024, MetricsHandler: metrics.New().Handler(), Tokens: auth.NewStore(set),
-	})
+	h := handlerWithTokens(t, rs, map[string]string{"orders-token": "publish:orders.*", "admin-token": "admin"})
 	cases := []struct {
 		method, path, token string
 		status              int
@@ -101,4 +86,25 @@ func TestPublishRouteUnderGo121ServeMux(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "PASS") {
 		t.Fatalf("with httpmuxgo121=1: %v\n%s", err, out)
 	}
+}
+
+// handlerWithTokens is the API on rs, its publish body limited to 1024 bytes, with a
+// token for each key of scopes having the one scope given.
+func handlerWithTokens(t *testing.T, rs *redistest.Server, scopes map[string]string) *httpapi.Handler {
+	t.Helper()
+	var file strings.Builder
+	file.WriteString("tokens:\n")
+	for tok, scope := range scopes {
+		sum := sha256.Sum256([]byte(tok))
+		fmt.Fprintf(&file, "  - name: %s\n    token_sha256: %s\n    scopes: [%q]\n", tok, hex.EncodeToString(sum[:]), scope)
+	}
+	set, err := auth.Parse([]byte(file.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	allow, _ := netguard.ParseCIDRs("127.0.0.1/32")
+	b := broker.New(rs.Client(t))
+	return httpapi.NewHandler(b, registry.New(b, netguard.New(allow)), idleEngine{}, httpapi.Options{
+		MaxBody: 1024, MetricsHandler: metrics.New().Handler(), Tokens: auth.NewStore(set),
+	})
 }

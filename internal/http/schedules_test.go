@@ -3,7 +3,6 @@ package httpapi_test
 import (
 	"context"
 	"encoding/json"
-	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -30,8 +29,7 @@ type scheduleAnswer struct {
 func TestScheduleRoutes(t *testing.T) {
 	rs := redistest.Start(t, redistest.Options{})
 	_, router := loadDoc(t)
-	srv := httptest.NewServer(newAPI(t, rs))
-	t.Cleanup(srv.Close)
+	srv := startServer(t, newAPI(t, rs))
 	get := func(c call) scheduleAnswer {
 		t.Helper()
 		var a scheduleAnswer

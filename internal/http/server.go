@@ -119,10 +119,12 @@ type api struct {
 	log  *zap.Logger
 	// deadlines bounds the Redis work of single publishes (see sharedDeadlines).
 	deadlines sharedDeadlines
+	// native lets Server answer the plain publish itself (servePublish).
+	native bool
 }
 
 // NewHandler returns the API's HTTP handler.
-func NewHandler(b Broker, reg Registry, e Engine, opts Options) http.Handler {
+func NewHandler(b Broker, reg Registry, e Engine, opts Options) *Handler {
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
@@ -142,6 +144,8 @@ func NewHandler(b Broker, reg Registry, e Engine, opts Options) http.Handler {
 		opts.Published = func(string, core.Transport) {}
 	}
 	a := &api{b: b, reg: reg, e: e, opts: opts, log: opts.Logger}
+	// With debug logs on, every request is logged by the chi chain: no native publish.
+	a.native = !opts.Logger.Core().Enabled(zap.DebugLevel)
 	r := chi.NewRouter()
 	// Per-request logging costs a wrapped writer and a request id on every call: only when
 	// debug logs are on. Failures are logged where they happen, with an id of their own.
@@ -187,7 +191,7 @@ func NewHandler(b Broker, reg Registry, e Engine, opts Options) http.Handler {
 	r.Group(a.authenticated)
 	// The publish route's chain as chi runs it: every middleware above, then authenticated's.
 	publish := chi.Chain(slices.Concat(top, a.publishMiddlewares())...).HandlerFunc(a.publish)
-	return publishRoute(r, publish)
+	return &Handler{h: publishRoute(r, publish), api: a}
 }
 
 // publishMiddlewares are what a publish runs through inside the authenticated routes.
@@ -269,21 +273,6 @@ func (a *api) authenticated(r chi.Router) {
 		r.With(swrite).Post("/pause", a.pauseSchedule)
 		r.With(swrite).Post("/resume", a.resumeSchedule)
 	})
-}
-
-// NewServer wraps h in an http.Server with every timeout and limit set, so a slow or
-// hostile client cannot hold connections or memory.
-func NewServer(addr string, h http.Handler, log *zap.Logger) *http.Server {
-	return &http.Server{
-		Addr:              addr,
-		Handler:           h,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          zap.NewStdLog(log.Named("http")),
-	}
 }
 
 func (a *api) ready(w http.ResponseWriter, r *http.Request) {
@@ -421,6 +410,11 @@ func (a *api) inForce(r *http.Request, version int64) {
 
 // fail maps a broker error to its problem.
 func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
+	a.failPath(w, r.URL.Path, middleware.GetReqID(r.Context()), err)
+}
+
+// failPath is fail for a request on path, with id its request id if it has one.
+func (a *api) failPath(w http.ResponseWriter, path, id string, err error) {
 	var ie *registry.InputError
 	switch {
 	case errors.As(err, &ie):
@@ -430,16 +424,15 @@ func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, core.ErrWrongType):
 		writeProblem(w, "wrong_type", "a Redis key the request needs holds another type of value")
 	case errors.Is(err, core.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
-		a.log.Warn("redis unavailable", zap.String("path", r.URL.Path), zap.Error(err))
+		a.log.Warn("redis unavailable", zap.String("path", path), zap.Error(err))
 		writeProblem(w, "redis_unavailable", "redis did not confirm the operation; retry later")
 	default:
-		id := middleware.GetReqID(r.Context())
 		if id == "" {
 			var b [6]byte
 			_, _ = rand.Read(b[:])
 			id = hex.EncodeToString(b[:])
 		}
-		a.log.Error("request failed", zap.String("path", r.URL.Path), zap.String("request_id", id), zap.Error(err))
+		a.log.Error("request failed", zap.String("path", path), zap.String("request_id", id), zap.Error(err))
 		writeProblem(w, "internal", fmt.Sprintf("request failed (request id %s)", id))
 	}
 }
