@@ -95,7 +95,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		SecureErrorLogMessage:        true, // errors do not quote request bytes (tokens)
 		CloseOnShutdown:              true,
 		ErrorHandler:                 requestError,
-		Logger:                       zap.NewStdLog(s.log),
+		Logger:                       connLogger{s.log},
 	}
 	s.mu.Lock()
 	if s.shut {
@@ -280,4 +280,14 @@ func (w *ctxWriter) finish() {
 	if body := resp.Body(); !typed && len(body) > 0 {
 		resp.Header.SetContentType(http.DetectContentType(body[:min(len(body), 512)]))
 	}
+}
+
+// connLogger takes fasthttp's own messages. They are about single connections a client
+// broke (a malformed request, a reset), which the client was answered for, and their
+// arguments may quote request bytes, a token among them, whatever SecureErrorLogMessage
+// says: they go to the debug log, as their format only.
+type connLogger struct{ log *zap.Logger }
+
+func (l connLogger) Printf(format string, _ ...any) {
+	l.log.Debug("connection error", zap.String("format", format))
 }

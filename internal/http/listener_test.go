@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	httpapi "github.com/bridge-dev/bridge/internal/http"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // serveShort runs a server built by NewServer on 127.0.0.1 with its timeouts shortened
@@ -222,4 +224,24 @@ func TestShutdownClosesConnectionsWaitingForTheirFirstByte(t *testing.T) {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// A malformed request can carry a token; whatever the server logs about it must not.
+func TestMalformedRequestLogsNoRequestBytes(t *testing.T) {
+	core, logs := observer.New(zap.DebugLevel)
+	srv := httpapi.NewServer(http.NotFoundHandler(), zap.New(core))
+	addr := serve(t, srv)
+	for _, req := range []string{
+		"POST /v1/subjects/a/messages HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer sekrit-token\x01\r\n\r\n",
+		"sekrit-token /x HTTP/1.1\r\n\r\n",
+	} {
+		if status, _ := readProblem(t, func() net.Conn { c := dial(t, addr); _, _ = io.WriteString(c, req); return c }()); status != http.StatusBadRequest {
+			t.Fatalf("%q: %d, want 400", req, status)
+		}
+	}
+	for _, e := range logs.All() {
+		if line := fmt.Sprint(e.Message, e.ContextMap()); strings.Contains(line, "sekrit") {
+			t.Fatalf("logged request bytes: %s", line)
+		}
+	}
 }
