@@ -143,11 +143,12 @@ func (l *firstByteListener) Close() error {
 }
 
 // primedConn is a connection whose first byte was read already: the first Read returns
-// it.
+// it. Every connection the server serves is one.
 type primedConn struct {
 	net.Conn
 	first  [1]byte
 	primed bool
+	closed sync.Once
 }
 
 func (c *primedConn) Read(p []byte) (int, error) {
@@ -157,6 +158,40 @@ func (c *primedConn) Read(p []byte) (int, error) {
 		return 1, nil
 	}
 	return c.Conn.Read(p)
+}
+
+// lingerTimeout is how long a closed connection keeps reading what its client still
+// sends, as net/http's rstAvoidanceDelay.
+const lingerTimeout = 500 * time.Millisecond
+
+// Close half-closes the connection and reads what the client still sends, for up to
+// lingerTimeout, before closing it. Closing a socket with unread input sends an RST,
+// which can reach the client before it has read the answer it was sent: a client still
+// sending a body the bridge refused unread (413, 401) got "connection reset" instead of
+// the problem. The waiting happens on a goroutine of its own: Close returns at once.
+func (c *primedConn) Close() error {
+	err := net.ErrClosed
+	c.closed.Do(func() {
+		tcp, ok := c.Conn.(interface{ CloseWrite() error })
+		if !ok || tcp.CloseWrite() != nil || c.Conn.SetReadDeadline(time.Now().Add(lingerTimeout)) != nil {
+			err = c.Conn.Close()
+			return
+		}
+		err = nil
+		go c.linger()
+	})
+	return err
+}
+
+// linger discards input until the client closes or lingerTimeout passes, then closes.
+func (c *primedConn) linger() {
+	var buf [4096]byte
+	for {
+		if _, err := c.Conn.Read(buf[:]); err != nil {
+			break
+		}
+	}
+	c.Conn.Close()
 }
 
 // CloseWrite lets the server half-close a TCP connection after an error answer, as it
