@@ -184,9 +184,11 @@ func TestSilentConnectionClosedAtIdleTimeout(t *testing.T) {
 // Shutdown does not wait for connections that never sent a byte: they are closed with
 // the listener, and no goroutine is left waiting on them.
 func TestShutdownClosesConnectionsWaitingForTheirFirstByte(t *testing.T) {
-	// fasthttp's worker-pool cleaner notices the stop within 10 s, on its own; a closed
-	// connection lingers for at most half a second (primedConn.Close).
+	// fasthttp's worker-pool cleaner notices the stop within 10 s, on its own; its Date
+	// header clock runs for the process once started; a closed connection lingers for at
+	// most half a second (primedConn.Close).
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent(), goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*workerPool).Start.func2"),
+		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.updateServerDate.func1"),
 		goleak.IgnoreAnyFunction("github.com/bridge-dev/bridge/internal/http.(*primedConn).linger"))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -267,5 +269,42 @@ func TestEarlyAnswerToALargeBodyIsRead(t *testing.T) {
 		if resp.StatusCode != http.StatusRequestEntityTooLarge {
 			t.Fatalf("request %d: %d", i, resp.StatusCode)
 		}
+	}
+}
+
+// Shutdown returns as soon as the last connection is closed, but never before a request
+// in progress is answered.
+func TestShutdownWaitsForARequestInProgress(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	srv := httpapi.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		<-release
+		w.WriteHeader(http.StatusAccepted)
+	}), zap.NewNop())
+	addr := serve(t, srv)
+	answered := make(chan int, 1)
+	go func() {
+		resp, err := http.Post("http://"+addr+"/v1/subjects/a/messages", "text/plain", strings.NewReader("x"))
+		if err != nil {
+			answered <- 0
+			return
+		}
+		resp.Body.Close()
+		answered <- resp.StatusCode
+	}()
+	<-entered
+	shut := make(chan error, 1)
+	go func() { shut <- srv.Shutdown(context.Background()) }()
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned (%v) with a request in progress", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(release)
+	if err := <-shut; err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	if status := <-answered; status != http.StatusAccepted {
+		t.Fatalf("the request in progress got %d", status)
 	}
 }
