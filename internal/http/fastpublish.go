@@ -53,22 +53,27 @@ func (a *api) servePublish(ctx *fasthttp.RequestCtx) bool {
 		switch string(k) {
 		case "Host", "Content-Length", "User-Agent", "Accept", "Accept-Encoding", "Connection":
 		case "Content-Type":
-			plain = plain && ct == nil
-			ct = v
+			plain = setOnce(&ct, v) && plain
 		case "Authorization":
-			plain = plain && authz == nil
-			authz = v
+			plain = setOnce(&authz, v) && plain
 		case "Traceparent":
-			plain = plain && traceparent == nil
-			traceparent = v
+			plain = setOnce(&traceparent, v) && plain
 		case "Tracestate":
-			plain = plain && tracestate == nil
-			tracestate = v
+			plain = setOnce(&tracestate, v) && plain
 		default:
 			plain = plain && !storedOrActedOn(k)
 		}
 	}
-	if !plain || !validStored(ct, 256) || !validStored(traceparent, maxTraceHeaderLen) || !validStored(tracestate, maxTraceHeaderLen) {
+	if !plain {
+		return false
+	}
+	// The headers to store, checked by the rules the net/http path applies: a value they
+	// refuse leaves the request to it, which answers the problem.
+	headers := make(map[string]string, 4)
+	tp, ts := string(traceparent), string(tracestate)
+	if len(ct) > 0 && setContentType(headers, string(ct)) != nil ||
+		setTraceHeader(headers, core.HeaderTraceparent, tp) != nil ||
+		setTraceHeader(headers, core.HeaderTracestate, ts) != nil {
 		return false
 	}
 	subject := string(raw)
@@ -83,11 +88,12 @@ func (a *api) servePublish(ctx *fasthttp.RequestCtx) bool {
 		}
 	}
 
-	w := &problemRecorder{ResponseWriter: &ctxWriter{ctx: ctx}}
+	cw := &ctxWriter{ctx: ctx}
+	w := &problemRecorder{ResponseWriter: cw}
 	defer func() {
 		if w.code != "" {
 			a.opts.Metrics.PublishError(w.code)
-			w.ResponseWriter.(*ctxWriter).finish()
+			cw.finish()
 		}
 	}()
 	// The body is the bridge's own copy: a write Redis has not taken when the request's
@@ -105,17 +111,6 @@ func (a *api) servePublish(ctx *fasthttp.RequestCtx) bool {
 			return true
 		}
 	}
-	headers := make(map[string]string, 4)
-	if len(ct) > 0 {
-		headers[core.HeaderContentType] = string(ct)
-	}
-	tp, ts := string(traceparent), string(tracestate)
-	if tp != "" {
-		headers[core.HeaderTraceparent] = tp
-	}
-	if ts != "" {
-		headers[core.HeaderTracestate] = ts
-	}
 	rctx := a.deadlines.get()
 	span := tracing.StartPublish(rctx, tp, ts, subject, "stream", headers)
 	id, err := a.b.Publish(rctx, subject, body, headers)
@@ -131,12 +126,8 @@ func (a *api) servePublish(ctx *fasthttp.RequestCtx) bool {
 	resp.SetStatusCode(http.StatusAccepted)
 	resp.Header.SetContentTypeBytes(jsonContentTypeBytes)
 	resp.Header.SetBytesKV(xContentTypeOptions, nosniffBytes)
-	// As writeAccepted: ids and subjects need no JSON escaping.
-	resp.AppendBodyString(`{"id":"`)
-	resp.AppendBodyString(id)
-	resp.AppendBodyString(`","subject":"`)
-	resp.AppendBodyString(subject)
-	resp.AppendBodyString("\"}\n")
+	var buf [512]byte // holds the longest id and subject
+	resp.AppendBody(appendAccepted(buf[:0], id, subject))
 	return true
 }
 
@@ -153,47 +144,23 @@ var (
 // there too.
 func storedOrActedOn(k []byte) bool {
 	return hasPrefixFold(k, "ce-") || hasPrefixFold(k, "bridge-") ||
-		asciiEqualFold(k, "Idempotency-Key") || asciiEqualFold(k, "Content-Encoding") ||
-		asciiEqualFold(k, "Transfer-Encoding") || asciiEqualFold(k, "Trailer")
+		equalFold(k, "Idempotency-Key") || equalFold(k, "Content-Encoding") ||
+		equalFold(k, "Transfer-Encoding") || equalFold(k, "Trailer")
 }
 
-// validStored reports whether v (nil when absent) is a header value the publish may
-// store: within max bytes and valid as a field value (httpguts.ValidHeaderFieldValue's
-// rule: no control byte other than a tab).
-func validStored(v []byte, max int) bool {
-	if len(v) > max {
-		return false
-	}
-	for _, c := range v {
-		if (c < ' ' && c != '\t') || c == 0x7f {
-			return false
-		}
-	}
-	return true
+// setOnce sets *dst to v and reports whether it was unset: a header given twice leaves
+// the request to the net/http path.
+func setOnce(dst *[]byte, v []byte) bool {
+	first := *dst == nil
+	*dst = v
+	return first
 }
 
 func hasPrefixFold(k []byte, prefix string) bool {
-	return len(k) >= len(prefix) && asciiEqualFold(k[:len(prefix)], prefix)
+	return len(k) >= len(prefix) && bytes.EqualFold(k[:len(prefix)], []byte(prefix))
 }
 
-func asciiEqualFold(k []byte, s string) bool {
-	if len(k) != len(s) {
-		return false
-	}
-	for i := range k {
-		a, b := k[i], s[i]
-		if 'A' <= a && a <= 'Z' {
-			a += 'a' - 'A'
-		}
-		if 'A' <= b && b <= 'Z' {
-			b += 'a' - 'A'
-		}
-		if a != b {
-			return false
-		}
-	}
-	return true
-}
+func equalFold(k []byte, s string) bool { return bytes.EqualFold(k, []byte(s)) }
 
 // Routes is the router, for whoever walks the routes.
 func (h *Handler) Routes() chi.Routes { return h.h.(chi.Routes) }

@@ -190,6 +190,11 @@ func requestError(ctx *fasthttp.RequestCtx, err error) {
 	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, fasthttp.ErrTimeout):
 		code, detail = "request_timeout", "the request was not received in time"
 	}
+	answerProblem(ctx, code, detail)
+}
+
+// answerProblem makes ctx's response the problem code, whatever it held.
+func answerProblem(ctx *fasthttp.RequestCtx, code, detail string) {
 	ctx.Response.Reset()
 	w := &ctxWriter{ctx: ctx}
 	writeProblem(w, code, detail)
@@ -200,10 +205,7 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx) {
 	defer func() {
 		if v := recover(); v != nil {
 			s.log.Error("panic serving a request", zap.Any("panic", v), zap.ByteString("path", ctx.Path()), zap.Stack("stack"))
-			ctx.Response.Reset()
-			w := &ctxWriter{ctx: ctx}
-			writeProblem(w, "internal", "internal error")
-			w.finish()
+			answerProblem(ctx, "internal", "internal error")
 			ctx.SetConnectionClose()
 		}
 	}()
@@ -217,15 +219,14 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx) {
 // stream, read by the handler under its own limit, and the answer is buffered and
 // written once the handler returns (no API route streams).
 func (s *Server) serveNetHTTP(ctx *fasthttp.RequestCtx) {
-	w := &ctxWriter{ctx: ctx}
 	r, err := netHTTPRequest(ctx)
 	if err != nil {
-		writeProblem(w, "bad_request", "the request target is not a valid URI")
-		w.finish()
+		answerProblem(ctx, "bad_request", "the request target is not a valid URI")
 		return
 	}
 	rctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	w := &ctxWriter{ctx: ctx}
 	s.h.ServeHTTP(w, r.WithContext(rctx))
 	w.finish()
 }

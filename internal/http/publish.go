@@ -46,13 +46,16 @@ func writeAccepted(w http.ResponseWriter, id, subject string) {
 	h["Content-Type"] = jsonContentType
 	h["X-Content-Type-Options"] = nosniff
 	w.WriteHeader(http.StatusAccepted)
-	buf := make([]byte, 0, len(id)+len(subject)+32)
-	buf = append(buf, `{"id":"`...)
-	buf = append(buf, id...)
-	buf = append(buf, `","subject":"`...)
-	buf = append(buf, subject...)
-	buf = append(buf, "\"}\n"...)
-	_, _ = w.Write(buf)
+	_, _ = w.Write(appendAccepted(make([]byte, 0, len(id)+len(subject)+32), id, subject))
+}
+
+// appendAccepted appends the common publish's answer, {"id","subject"}, to dst.
+func appendAccepted(dst []byte, id, subject string) []byte {
+	dst = append(dst, `{"id":"`...)
+	dst = append(dst, id...)
+	dst = append(dst, `","subject":"`...)
+	dst = append(dst, subject...)
+	return append(dst, "\"}\n"...)
 }
 
 // Header values shared by every answer (net/http does not modify them).
@@ -250,11 +253,8 @@ func messageHeaders(h http.Header) (map[string]string, error) {
 		return nil, fmt.Errorf("Bridge-Partition-Key %w", err)
 	}
 	for _, name := range [...][2]string{{"Traceparent", core.HeaderTraceparent}, {"Tracestate", core.HeaderTracestate}} {
-		if v := header(h, name[0]); v != "" {
-			if len(v) > maxTraceHeaderLen || !httpguts.ValidHeaderFieldValue(v) {
-				return nil, fmt.Errorf("%s is not a valid header value", name[1])
-			}
-			out[name[1]] = v
+		if err := setTraceHeader(out, name[1], header(h, name[0])); err != nil {
+			return nil, err
 		}
 	}
 	// One pass for the prefixed headers (most publishes have none, and then nothing more
@@ -305,6 +305,18 @@ func setContentType(out map[string]string, ct string) error {
 		return errors.New("Content-Type is not a valid header value")
 	}
 	out[core.HeaderContentType] = ct
+	return nil
+}
+
+// setTraceHeader stores the trace context header name (lower-case) when v is not empty.
+func setTraceHeader(out map[string]string, name, v string) error {
+	if v == "" {
+		return nil
+	}
+	if len(v) > maxTraceHeaderLen || !httpguts.ValidHeaderFieldValue(v) {
+		return fmt.Errorf("%s is not a valid header value", name)
+	}
+	out[name] = v
 	return nil
 }
 
