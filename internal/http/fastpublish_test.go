@@ -65,25 +65,22 @@ func TestServerPublishesLikeNetHTTP(t *testing.T) {
 		{"chunked body", "/v1/subjects/{S}.orders/messages", auth + "Transfer-Encoding: chunked\r\n", "", 202, "", false},
 	}
 	for i, c := range cases {
-		raw := "POST " + strings.ReplaceAll(c.path, "{S}", fmt.Sprintf("x%d", i)) + " HTTP/1.1\r\nHost: bridge\r\n" + c.headers
-		if strings.Contains(c.headers, "chunked") {
-			raw += "\r\n5\r\nhello\r\n0\r\n\r\n"
-		} else {
-			raw += fmt.Sprintf("Content-Length: %d\r\n\r\n%s", len(c.body), c.body)
+		// request is the case's raw request on the subject named with prefix.
+		request := func(prefix string) (raw, path string) {
+			path = strings.ReplaceAll(c.path, "{S}", prefix)
+			raw = "POST " + path + " HTTP/1.1\r\nHost: bridge\r\n" + c.headers
+			if strings.Contains(c.headers, "chunked") {
+				return raw + "\r\n5\r\nhello\r\n0\r\n\r\n", path
+			}
+			return raw + fmt.Sprintf("Content-Length: %d\r\n\r\n%s", len(c.body), c.body), path
 		}
+		raw, _ := request(fmt.Sprintf("x%d", i))
 		if took, status := httpapi.TakesNatively(h, raw); took != c.native || (took && status != c.status) {
 			t.Errorf("%s: native path took it: %v (status %d), want %v", c.name, took, status, c.native)
 		}
 		var answers [2]string
 		for j, srv := range []string{std.URL, fast.URL} {
-			prefix := fmt.Sprintf("%c%d", "nf"[j], i)
-			path := strings.ReplaceAll(c.path, "{S}", prefix)
-			req := "POST " + path + " HTTP/1.1\r\nHost: bridge\r\n" + c.headers
-			if strings.Contains(c.headers, "chunked") {
-				req += "\r\n5\r\nhello\r\n0\r\n\r\n"
-			} else {
-				req += fmt.Sprintf("Content-Length: %d\r\n\r\n%s", len(c.body), c.body)
-			}
+			req, path := request(fmt.Sprintf("%c%d", "nf"[j], i))
 			status, code := rawRequest(t, strings.TrimPrefix(srv, "http://"), req)
 			if status != c.status || (c.code != "" && code != c.code) {
 				t.Errorf("%s via %s: %d %q, want %d %q", c.name, srv, status, code, c.status, c.code)
@@ -96,11 +93,7 @@ func TestServerPublishesLikeNetHTTP(t *testing.T) {
 				answers[j] += " " + code
 			}
 			subject := strings.ReplaceAll(strings.ReplaceAll(strings.SplitN(strings.TrimPrefix(path, "/v1/subjects/"), "/", 2)[0], "%2E", "."), "!", "")
-			if got := storedFields(t, rs, subject); j == 0 {
-				answers[0] += " " + fmt.Sprint(got)
-			} else {
-				answers[1] += " " + fmt.Sprint(got)
-			}
+			answers[j] += " " + storedFields(t, rs, subject)
 		}
 		if answers[0] != answers[1] {
 			t.Errorf("%s: net/http gave %s, Server gave %s", c.name, answers[0], answers[1])
